@@ -1,0 +1,60 @@
+"""The ``recallstream`` command line.
+
+Each command lives in its own module under ``consumers/`` and exposes
+``add_parser(subparsers)``, which adds its sub-parser and sets ``func`` to a
+function ``run(args, settings) -> int``. Command modules keep heavy imports
+(torch, qdrant) inside their functions so that ``recallstream --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import orjson
+
+from streaming.settings import Settings, add_setting_flags
+
+# One module per command (or command group); order is the order of --help.
+COMMAND_MODULES = [
+    "consumers.config_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings_parent = argparse.ArgumentParser(add_help=False)
+    add_setting_flags(settings_parent)
+    parser = argparse.ArgumentParser(
+        prog="recallstream",
+        description="Streaming online-learning recall: Kafka events -> two towers -> Qdrant.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers.settings_parent = settings_parent  # command modules pass it as a parent
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    names = Settings.__dataclass_fields__.keys()
+    return Settings.resolve(flags={n: getattr(args, n, None) for n in names})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    return int(args.func(args, settings) or 0)
+
+
+def print_json(obj) -> None:
+    """Print one JSON object on stdout (the ``--json`` output of every command)."""
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

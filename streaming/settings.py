@@ -1,0 +1,113 @@
+"""Every setting of recallstream, in one place.
+
+Each setting is a field of :class:`Settings`. It can be given, from highest to
+lowest precedence, as a CLI flag (``--topic-clicks``), as an environment
+variable (``RECALLSTREAM_TOPIC_CLICKS``, or the conventional name such as
+``KAFKA_BOOTSTRAP_SERVERS`` where one exists), or left at its default.
+
+Examples
+--------
+>>> s = Settings.resolve(environ={"RECALLSTREAM_TOPIC_CLICKS": "c2"})
+>>> s.topic_clicks
+'c2'
+>>> Settings.resolve(flags={"topic_clicks": "c3"}, environ={"RECALLSTREAM_TOPIC_CLICKS": "c2"}).topic_clicks
+'c3'
+>>> Settings.resolve(environ={}).bootstrap_servers
+'127.0.0.1:9092'
+>>> Settings.resolve(environ={"RECALLSTREAM_BROKER_PORT": "9192"}).bootstrap_servers
+'127.0.0.1:9192'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _setting(default: Any, help: str, env: str | None = None, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "env": env, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings of one process (see the module docstring)."""
+
+    bootstrap_servers: str = _setting(
+        "", "Kafka bootstrap servers; empty means the local broker on --broker-port",
+        env="KAFKA_BOOTSTRAP_SERVERS")
+    broker_port: int = _setting(9092, "port of the local broker started by `recallstream broker`")
+    broker_data_dir: str = _setting("var/kafka", "data and log folder of the local broker")
+    topic_exposures: str = _setting("exposures", "topic of exposure events (key user_id)")
+    topic_clicks: str = _setting("clicks", "topic of click events (key user_id)")
+    topic_items: str = _setting("items", "compacted topic of item catalog records (key item_id)")
+    topic_users: str = _setting("users", "compacted topic of user profile records (key user_id)")
+    topic_dead_letters: str = _setting("dead-letters", "topic receiving undecodable records")
+    partitions: int = _setting(4, "partition count of the exposures and clicks topics")
+    consumer_group: str = _setting("recallstream-worker", "consumer group used for lag monitoring")
+    qdrant: str = _setting(":memory:", "Qdrant: ':memory:', a local path, or a server URL",
+                           env="QDRANT_URL")
+    qdrant_api_key: str = _setting("", "API key of a Qdrant server", env="QDRANT_API_KEY",
+                                   secret=True)
+    collection_items: str = _setting("items", "Qdrant collection (or alias) of item vectors")
+    collection_users: str = _setting("users", "Qdrant collection (or alias) of user vectors")
+    checkpoint_dir: str = _setting("var/checkpoints", "folder of the worker's checkpoints")
+    join_window_s: float = _setting(1800.0, "click-to-exposure join window in event seconds")
+    batch_size: int = _setting(1024, "training minibatch size (clicks)")
+    batch_timeout_s: float = _setting(1.0, "flush a partial minibatch after this many seconds")
+    metrics_port: int = _setting(8000, "port of the Prometheus /metrics endpoint (0: off)")
+    seed: int = _setting(2020, "random seed")
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        """The environment variable of setting ``name``."""
+        return _fields()[name].metadata["env"] or f"RECALLSTREAM_{name.upper()}"
+
+    @classmethod
+    def resolve(cls, flags: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None) -> "Settings":
+        """Combine CLI flags (None means unset), the environment and the defaults."""
+        flags = flags or {}
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, f in _fields().items():
+            if flags.get(name) is not None:
+                values[name] = _convert(f, flags[name])
+            elif environ.get(cls.env_name(name)):
+                values[name] = _convert(f, environ[cls.env_name(name)])
+        settings = cls(**values)
+        if not settings.bootstrap_servers:
+            settings = dataclasses.replace(
+                settings, bootstrap_servers=f"127.0.0.1:{settings.broker_port}")
+        return settings
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a dict, secrets masked (for `recallstream config`)."""
+        out = {}
+        for name, f in _fields().items():
+            value = getattr(self, name)
+            out[name] = "***" if f.metadata["secret"] and value else value
+        return out
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _convert(f: dataclasses.Field, raw: Any) -> Any:
+    kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"setting {f.name}: {raw!r} is not a valid {kind.__name__}") from None
+
+
+def add_setting_flags(parser) -> None:
+    """Add one ``--flag`` per setting to an argparse parser (all default to unset)."""
+    group = parser.add_argument_group("settings (flag > environment variable > default)")
+    for name, f in _fields().items():
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                           metavar=Settings.env_name(name),
+                           help=f"{f.metadata['help']} (default: {f.default!r})")
