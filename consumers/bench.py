@@ -1,0 +1,41 @@
+"""``recallstream bench NAME``: benchmark commands that print figures as JSON.
+
+Each benchmark lives in its own module exposing ``add_arguments(parser)`` and
+``run(args, settings) -> dict``; this module only routes to them. Benchmarks
+report medians over several runs and, where there is one, a baseline measured
+in the same run, because the machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# benchmark name -> module; each module has add_arguments(parser) and run(args, settings) -> dict
+BENCHMARKS: dict[str, str] = {}
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="run a benchmark and print its figures")
+    names = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, module_name in BENCHMARKS.items():
+        module = importlib.import_module(module_name)
+        sub = names.add_parser(name, parents=[subparsers.settings_parent],
+                               help=(module.__doc__ or "").strip().splitlines()[0])
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+        sub.add_argument("--runs", type=int, default=5, help="repetitions; the median is reported")
+        module.add_arguments(sub)
+        sub.set_defaults(func=_runner(module))
+
+
+def _runner(module):
+    def run(args, settings) -> int:
+        from consumers.cli import print_json
+
+        figures = module.run(args, settings)
+        if args.json:
+            print_json(figures)
+        else:
+            for key, value in figures.items():
+                print(f"{key}: {value}")
+        return 0
+    return run
