@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 
 # benchmark name -> module; each module has add_arguments(parser) and run(args, settings) -> dict
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {
+    "popularity": "consumers.bench_popularity",
+}
 
 
 def add_parser(subparsers) -> None:
