@@ -280,3 +280,157 @@ def test_rejects_bad_arguments(query_shape, candidate_shape, options, message):
 def test_numpy_ids_are_accepted():
     loss = in_batch_softmax(torch.eye(2), torch.eye(2), candidate_ids=np.array([10, 10]))
     assert loss.item() == pytest.approx(0.0, abs=1e-7)
+
+
+# ===========================================================================
+# pairwise, pointwise and contrastive losses
+
+from model.losses import contrastive_margin, pointwise_bce, triplet_hinge, triplet_logistic  # noqa: E402
+
+
+def _cos(u, v):
+    dot = sum(a * b for a, b in zip(u, v))
+    return dot / (math.sqrt(sum(a * a for a in u)) * math.sqrt(sum(b * b for b in v)))
+
+
+def _random_vectors(rng, *shape):
+    return np.asarray(rng.normal(size=shape))
+
+
+def test_triplet_hinge_hand_computed():
+    # a = [1, 0]; b+ = [0.6, 0.8] (cos 0.6); negatives [0, 1] (cos 0) and [1, 1] (cos 1/sqrt 2 = 0.7071)
+    # margin 0.2: max(0, 0 + 0.2 - 0.6) = 0; max(0, 0.7071 + 0.2 - 0.6) = 0.3071; mean = 0.15355
+    anchor, positive = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]])
+    negatives = torch.tensor([[[0.0, 1.0], [1.0, 1.0]]])
+    expected = (0.0 + (1 / math.sqrt(2) + 0.2 - 0.6)) / 2
+    assert triplet_hinge(anchor, positive, negatives, margin=0.2).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_triplet_logistic_hand_computed():
+    # same vectors, scale 2: softplus(2 * (0 - 0.6)) = log(1 + e^-1.2) = 0.263282,
+    # softplus(2 * (0.7071 - 0.6)) = log(1 + e^0.2142) = 0.807144
+    anchor, positive = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]])
+    negatives = torch.tensor([[[0.0, 1.0], [1.0, 1.0]]])
+    expected = (math.log(1 + math.exp(-1.2)) + math.log(1 + math.exp(2 * (1 / math.sqrt(2) - 0.6)))) / 2
+    assert triplet_logistic(anchor, positive, negatives, scale=2.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("num_negatives", [None, 1, 4])
+def test_triplet_losses_agree_with_reference(num_negatives):
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        batch, dim = rng.integers(1, 6), rng.integers(1, 5)
+        anchor, positive = _random_vectors(rng, batch, dim), _random_vectors(rng, batch, dim)
+        shape = (batch, dim) if num_negatives is None else (batch, num_negatives, dim)
+        negative = _random_vectors(rng, *shape)
+        margin, scale = rng.uniform(0, 1), rng.uniform(0.5, 20)
+        hinge, logistic = [], []
+        for i in range(batch):
+            rows = [negative[i]] if num_negatives is None else list(negative[i])
+            for row in rows:
+                gap = _cos(anchor[i], row) - _cos(anchor[i], positive[i])
+                hinge.append(max(0.0, gap + margin))
+                logistic.append(math.log1p(math.exp(scale * gap)))
+        tensors = [torch.from_numpy(x) for x in (anchor, positive, negative)]
+        assert triplet_hinge(*tensors, margin=margin).item() == pytest.approx(sum(hinge) / len(hinge), abs=1e-12)
+        assert triplet_logistic(*tensors, scale=scale).item() == pytest.approx(sum(logistic) / len(logistic))
+
+
+def test_triplet_logistic_is_stable_for_large_gaps():
+    anchor = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    positive, negative = torch.tensor([[-1.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    # gap = 2, scale 1000: softplus(2000) = 2000 exactly in floating point, exp(2000) would overflow
+    loss = triplet_logistic(anchor, positive, negative, scale=1000.0)
+    assert loss.item() == pytest.approx(2000.0)
+    loss.backward()
+    assert torch.isfinite(anchor.grad).all()
+    # the other way round: log(1 + e^-2000) underflows to 0, not to a negative number or NaN
+    assert triplet_logistic(anchor, negative, positive, scale=1000.0).item() == 0.0
+
+
+def test_pointwise_bce_hand_computed_and_weighted():
+    # logits: 3 * cos = [3, 0]; losses: -log σ(3) = log(1 + e^-3) = 0.048587, -log(1 - σ(0)) = log 2
+    q = torch.tensor([[2.0, 0.0], [1.0, 0.0]])
+    items = torch.tensor([[5.0, 0.0], [0.0, 1.0]])
+    l0, l1 = math.log(1 + math.exp(-3)), math.log(2)
+    assert pointwise_bce(q, items, [1.0, 0.0], scale=3.0).item() == pytest.approx((l0 + l1) / 2)
+    # weights [1, 3] divided by B = 2
+    weighted = pointwise_bce(q, items, torch.tensor([1.0, 0.0]), scale=3.0, sample_weight=[1.0, 3.0])
+    assert weighted.item() == pytest.approx((l0 + 3 * l1) / 2)
+
+
+def test_pointwise_bce_agrees_with_reference():
+    rng = np.random.default_rng(8)
+    q, items = _random_vectors(rng, 12, 3), _random_vectors(rng, 12, 3)
+    labels = rng.integers(0, 2, size=12).astype(float)
+    expected = 0.0
+    for i in range(12):
+        p = 1 / (1 + math.exp(-5.0 * _cos(q[i], items[i])))
+        expected -= labels[i] * math.log(p) + (1 - labels[i]) * math.log(1 - p)
+    loss = pointwise_bce(torch.from_numpy(q), torch.from_numpy(items), labels, scale=5.0)
+    assert loss.item() == pytest.approx(expected / 12)
+
+
+def test_contrastive_margin_hand_computed():
+    # normalised: a = [1, 0]; b0 = [1, 0] (d = 0), b1 = [0, 1] (d = sqrt 2), b2 = [-1, 0] (d = 2)
+    # labels [1, 0, 0], margin 1.5: 0^2 + max(1.5 - 1.4142, 0)^2 + max(1.5 - 2, 0)^2 = 0.0073593
+    a = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    expected = (1.5 - math.sqrt(2)) ** 2 / 3
+    assert contrastive_margin(a, b, [1.0, 0.0, 0.0], margin=1.5).item() == pytest.approx(expected, rel=1e-6)
+    # positive orthogonal pair: d^2 = 2
+    assert contrastive_margin(a[1:2], b[1:2], [1.0]).item() == pytest.approx(2.0)
+
+
+def test_contrastive_margin_agrees_with_reference():
+    rng = np.random.default_rng(9)
+    a, b = _random_vectors(rng, 15, 4), _random_vectors(rng, 15, 4)
+    labels = rng.integers(0, 2, size=15).astype(float)
+    expected = 0.0
+    for i in range(15):
+        unit_a, unit_b = a[i] / np.linalg.norm(a[i]), b[i] / np.linalg.norm(b[i])
+        d = math.sqrt(sum((x - y) ** 2 for x, y in zip(unit_a, unit_b)))
+        expected += labels[i] * d * d + (1 - labels[i]) * max(0.8 - d, 0.0) ** 2
+    loss = contrastive_margin(torch.from_numpy(a), torch.from_numpy(b), labels, margin=0.8)
+    assert loss.item() == pytest.approx(expected / 15)
+
+
+def test_contrastive_margin_gradient_is_finite_for_identical_vectors():
+    a = torch.tensor([[0.3, 0.4]], dtype=torch.float64, requires_grad=True)
+    loss = contrastive_margin(a, a.detach().clone(), [0.0], margin=1.0)  # negative pair at d = 0
+    loss.backward()
+    assert loss.item() == pytest.approx(1.0)
+    assert torch.isfinite(a.grad).all()
+
+
+def test_pairwise_pointwise_contrastive_gradcheck():
+    generator = torch.Generator().manual_seed(21)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    a, p, n = rand(3, 2), rand(3, 2), rand(3, 2, 2)
+    assert torch.autograd.gradcheck(lambda *x: triplet_logistic(*x, scale=3.0), (a, p, n))
+    assert torch.autograd.gradcheck(lambda *x: triplet_hinge(*x, margin=0.5), (a, p, n))
+    assert torch.autograd.gradcheck(lambda q, i: pointwise_bce(q, i, [1.0, 0.0, 0.0]), (a, p))
+    assert torch.autograd.gradcheck(lambda u, v: contrastive_margin(u, v, [1.0, 0.0, 1.0], margin=1.9), (a, p))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: triplet_hinge(torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 3), margin=-0.1), "margin"),
+        (lambda: triplet_hinge(torch.ones(2, 3), torch.ones(3, 3), torch.ones(2, 3)), "positive"),
+        (lambda: triplet_hinge(torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 2, 4)), "expected"),
+        (lambda: triplet_logistic(torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 3), scale=0.0), "scale"),
+        (lambda: pointwise_bce(torch.ones(2, 3), torch.ones(2, 3), [1.0]), "labels"),
+        (lambda: pointwise_bce(torch.ones(2, 3), torch.ones(2, 3), [1.0, 2.0]), r"\[0, 1\]"),
+        (lambda: pointwise_bce(torch.ones(2, 3), torch.ones(2, 3), [1.0, 0.0], sample_weight=[-1.0, 1.0]),
+         "non-negative"),
+        (lambda: contrastive_margin(torch.ones(2, 3), torch.ones(2, 3), [1.0, 0.0], margin=0.0), "margin"),
+        (lambda: contrastive_margin(torch.ones(2, 3), torch.ones(2, 3), [1.0]), "labels"),
+    ],
+)
+def test_other_losses_reject_bad_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

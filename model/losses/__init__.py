@@ -1,9 +1,23 @@
-"""Training losses for the two towers; each loss is its own small module."""
+"""Training losses for the two towers; each loss is its own small module.
 
+- :func:`in_batch_softmax` (listwise, TFRS ``Retrieval`` semantics) and its
+  steps :func:`remove_accidental_hits`, :func:`mine_hard_negatives`;
+- :func:`triplet_hinge`, :func:`triplet_logistic` (pairwise);
+- :func:`pointwise_bce` (pointwise);
+- :func:`contrastive_margin` (contrastive, distance based).
+"""
+
+from model.losses.contrastive import contrastive_margin
+from model.losses.pairwise import triplet_hinge, triplet_logistic
+from model.losses.pointwise import pointwise_bce
 from model.losses.softmax import in_batch_softmax, mine_hard_negatives, remove_accidental_hits
 
 __all__ = [
+    "contrastive_margin",
     "in_batch_softmax",
     "mine_hard_negatives",
+    "pointwise_bce",
     "remove_accidental_hits",
+    "triplet_hinge",
+    "triplet_logistic",
 ]
