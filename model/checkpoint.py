@@ -1,0 +1,365 @@
+"""Versioned, atomic checkpoints of the worker's whole state, and its single-owner lock.
+
+A checkpoint is one file ``ckpt-<seq:010d>`` in the checkpoint directory::
+
+    RECALLSTREAM-CKPT\\n                  magic line
+    {"format_version": 1, ...}\\n         header: one JSON line (payload size and SHA-256)
+    <sha256 of the header line>\\n        so that a damaged header is told from a newer format
+    <payload>                           torch.save of the state
+
+The framing above never changes; ``format_version`` describes the payload.
+The payload holds torch tensors, numpy arrays (stored as ``.npy`` bytes, written
+and read with ``allow_pickle=False``) and plain containers of numbers and
+strings, and is read with ``torch.load(weights_only=True)``: loading a
+checkpoint never executes code from it.
+
+Crash safety: :meth:`CheckpointStore.save` writes a temporary file in the same
+directory, fsyncs it, renames it over its final name with ``os.replace`` (atomic)
+and fsyncs the directory, so a crash leaves the old or the new checkpoint, never
+a torn one; and should a file be damaged anyway (disk, a copy gone wrong), its
+checksum fails and :meth:`CheckpointStore.load_latest` falls back to the
+previous checkpoint.
+
+Single owner: :class:`OwnerLock` holds an exclusive ``flock`` on
+``<directory>/LOCK`` for the lifetime of the worker. The kernel drops the lock
+when the process dies, even by SIGKILL, so a stale lock never needs cleaning.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+MAGIC = b"RECALLSTREAM-CKPT\n"
+LOCK_FILE = "LOCK"
+
+# A numpy array travels as {NDARRAY_KEY: <.npy bytes>}; dicts of the state may not use this key.
+NDARRAY_KEY = "__recallstream_ndarray__"
+
+_NAME = re.compile(r"^ckpt-(\d{10})$")
+_TEMP = re.compile(r"^\.ckpt-\d{10}\.tmp$")
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(Exception):
+    """Base class of checkpoint errors."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint file fails its checks (torn, truncated or damaged)."""
+
+
+class UnsupportedCheckpointVersion(CheckpointError):
+    """A well-formed checkpoint written in a format this code does not know."""
+
+
+class CheckpointLocked(CheckpointError):
+    """Another process owns the checkpoint directory.
+
+    Attributes
+    ----------
+    directory : Path
+    owner_pid : int or None
+        The process id written by the owner into the lock file, when readable.
+    """
+
+    def __init__(self, directory: Path, owner_pid: int | None) -> None:
+        self.directory = directory
+        self.owner_pid = owner_pid
+        owner = f"process {owner_pid}" if owner_pid else "another process"
+        super().__init__(f"checkpoint directory {directory} is owned by {owner}; "
+                         "exactly one worker may train a model")
+
+
+class CheckpointStore:
+    """Numbered, atomic, checksummed checkpoints in one directory.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Created if missing.
+    keep : int, default 3
+        How many of the newest checkpoints :meth:`save` keeps.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> store = CheckpointStore(tempfile.mkdtemp(), keep=2)
+    >>> store.load_latest() is None
+    True
+    >>> state = {"offsets": {"clicks": {0: 42}}, "weights": torch.ones(2),
+    ...          "gap": np.arange(3.0)}
+    >>> store.save(state).name
+    'ckpt-0000000001'
+    >>> loaded = store.load_latest()
+    >>> loaded["offsets"], loaded["weights"].tolist(), loaded["gap"].tolist()
+    ({'clicks': {0: 42}}, [1.0, 1.0], [0.0, 1.0, 2.0])
+    >>> for _ in range(3):
+    ...     _ = store.save(state)
+    >>> [p.name for p in store.paths()]
+    ['ckpt-0000000003', 'ckpt-0000000004']
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep!r}")
+        self.directory = Path(directory)
+        self.keep = keep
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def paths(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        names = [p.name for p in self.directory.iterdir() if _NAME.match(p.name)]
+        return [self.directory / name for name in sorted(names)]
+
+    def save(self, state: dict) -> Path:
+        """Write ``state`` as the next checkpoint, atomically; return its path.
+
+        Raises ``ValueError`` for values that cannot be stored without pickling
+        arbitrary objects (anything but tensors, numpy arrays of plain dtypes,
+        numbers, strings, bytes, None and dicts/lists/tuples of those).
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"state must be a dict, got {type(state).__name__}")
+        data = encode(state)
+        existing = self.paths()
+        seq = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
+        path = self.directory / f"ckpt-{seq:010d}"
+        temp = self.directory / f".ckpt-{seq:010d}.tmp"
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+        _fsync_directory(self.directory)
+        self._prune()
+        return path
+
+    def load_latest(self) -> dict | None:
+        """The newest checkpoint that passes its checks, or None if there is none.
+
+        A corrupt newest file is skipped (with a warning) for the one before.
+        Raises :class:`UnsupportedCheckpointVersion` rather than falling back
+        past a checkpoint written by a newer format (that would silently roll
+        the model back), and :class:`CorruptCheckpoint` when checkpoints exist
+        but none is intact.
+        """
+        paths = self.paths()
+        for path in reversed(paths):
+            try:
+                return self.load(path)
+            except CorruptCheckpoint as error:
+                log.warning("skipping corrupt checkpoint: %s", error)
+        if paths:
+            raise CorruptCheckpoint(f"no intact checkpoint among {[p.name for p in paths]}")
+        return None
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> dict:
+        """Read and verify one checkpoint file."""
+        return decode(Path(path).read_bytes(), source=str(path))
+
+    def _prune(self) -> None:
+        for old in self.paths()[:-self.keep]:
+            old.unlink()
+        # Only the owner writes here, so a leftover temporary file is from a crashed save.
+        for leftover in self.directory.iterdir():
+            if _TEMP.match(leftover.name):
+                leftover.unlink()
+
+
+def encode(state: dict) -> bytes:
+    """The bytes of a checkpoint file holding ``state``."""
+    buffer = io.BytesIO()
+    torch.save(_to_storable(state), buffer)
+    payload = buffer.getvalue()
+    header = json.dumps({
+        "format_version": FORMAT_VERSION, "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(), "created_at": time.time(),
+    }, sort_keys=True).encode()
+    return b"".join([MAGIC, header, b"\n", hashlib.sha256(header).hexdigest().encode(), b"\n",
+                     payload])
+
+
+def decode(data: bytes, source: str = "checkpoint") -> dict:
+    """The state stored in checkpoint bytes; raises on any failed check."""
+    if not data.startswith(MAGIC):
+        raise CorruptCheckpoint(f"{source}: not a recallstream checkpoint (bad magic)")
+    rest = data[len(MAGIC):]
+    parts = rest.split(b"\n", 2)
+    if len(parts) != 3 or hashlib.sha256(parts[0]).hexdigest().encode() != parts[1]:
+        raise CorruptCheckpoint(f"{source}: header checksum mismatch")
+    header_line, _, payload = parts
+    header = json.loads(header_line)
+    if header.get("format_version") != FORMAT_VERSION:
+        raise UnsupportedCheckpointVersion(
+            f"{source}: format_version {header.get('format_version')!r}, this code reads "
+            f"{FORMAT_VERSION}; use a newer recallstream or another checkpoint directory")
+    if len(payload) != header["payload_bytes"]:
+        raise CorruptCheckpoint(f"{source}: payload has {len(payload)} bytes, header says "
+                                f"{header['payload_bytes']} (truncated?)")
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+        raise CorruptCheckpoint(f"{source}: payload checksum mismatch")
+    stored = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    return _from_storable(stored)
+
+
+def _to_storable(value: Any, where: str = "state") -> Any:
+    # Turn the state into what torch.load(weights_only=True) accepts; reject the rest early.
+    if value is None or isinstance(value, (bool, int, float, str, bytes, torch.Tensor)):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise ValueError(f"{where}: numpy arrays of objects cannot be stored")
+        buffer = io.BytesIO()
+        np.save(buffer, value, allow_pickle=False)
+        return {NDARRAY_KEY: buffer.getvalue()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        if NDARRAY_KEY in value:
+            raise ValueError(f"{where}: the key {NDARRAY_KEY!r} is reserved")
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise ValueError(f"{where}: dict keys must be str or int, got {key!r}")
+            out[key] = _to_storable(item, f"{where}[{key!r}]")
+        if isinstance(value, OrderedDict):
+            out = OrderedDict(out)
+            if hasattr(value, "_metadata"):  # module versions of a torch state_dict
+                out._metadata = value._metadata
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_to_storable(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise ValueError(f"{where}: cannot store a {type(value).__name__} without pickling it")
+
+
+def _from_storable(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {NDARRAY_KEY}:
+            return np.load(io.BytesIO(value[NDARRAY_KEY]), allow_pickle=False)
+        out = {key: _from_storable(item) for key, item in value.items()}
+        if isinstance(value, OrderedDict):
+            out = OrderedDict(out)
+            if hasattr(value, "_metadata"):
+                out._metadata = value._metadata
+        return out
+    if isinstance(value, list):
+        return [_from_storable(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_from_storable(item) for item in value)
+    return value
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable: without it a power loss can forget the new name.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class OwnerLock:
+    """Exclusive ownership of a checkpoint directory by one process.
+
+    An ``fcntl.flock`` on ``<directory>/LOCK``, whose content is the owner's
+    pid. The kernel releases it when the process exits or is killed. A child
+    made by ``fork`` shares the lock, so fork before acquiring it.
+
+    Parameters
+    ----------
+    directory : str or Path
+        The checkpoint directory (created if missing).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> with OwnerLock(directory).acquire() as lock:
+    ...     try:
+    ...         OwnerLock(directory).acquire()
+    ...     except CheckpointLocked as error:
+    ...         error.owner_pid == os.getpid()
+    True
+    >>> OwnerLock(directory).acquire().release()
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, timeout_s: float = 0.0, poll_s: float = 0.1) -> "OwnerLock":
+        """Take the lock, waiting up to ``timeout_s`` seconds (0: do not wait).
+
+        Raises :class:`CheckpointLocked` if another process still holds it.
+        """
+        if timeout_s < 0 or poll_s <= 0:
+            raise ValueError("timeout_s must be >= 0 and poll_s > 0")
+        if self.held:
+            raise ValueError(f"{self.path} is already held by this OwnerLock")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    owner = _read_pid(fd)
+                    os.close(fd)
+                    raise CheckpointLocked(self.directory, owner) from None
+                time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock up (the lock file stays: deleting it would race with waiters)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "OwnerLock":
+        return self if self.held else self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None
