@@ -1,0 +1,254 @@
+"""Decoding and validation: hand-computed cases, a plain reference validator, and properties."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streaming.decoding import KINDS, MAX_RECORD_BYTES, REASONS, Invalid, decode
+from streaming.events import Click, EntityRecord, Exposure, Tombstone
+
+EXPOSURE = {"event_id": "e1", "ts": 1700000000.5, "user_id": "u1", "item_id": "i1",
+            "impression_id": "m1", "position": 2, "context": {"page": "home"}}
+CLICK = {"event_id": "c1", "ts": 1700000001.0, "user_id": "u1", "item_id": "i1",
+         "impression_id": "m1"}
+ITEM = {"item_id": "i1", "ts": 5.0, "features": {"genres": ["Drama"], "year": 1995}}
+
+
+def dumps(obj) -> bytes:
+    return orjson.dumps(obj)
+
+
+def with_fields(base: dict, **changes) -> bytes:
+    obj = dict(base)
+    for name, value in changes.items():
+        if value is _DROP:
+            obj.pop(name)
+        else:
+            obj[name] = value
+    return dumps(obj)
+
+
+_DROP = object()
+
+
+# --- hand-computed cases ------------------------------------------------------------------
+
+def test_valid_exposure_is_decoded_with_every_field():
+    assert decode("exposures", b"u1", dumps(EXPOSURE)) == Exposure(
+        "e1", 1700000000.5, "u1", "i1", "m1", 2, {"page": "home"})
+
+
+def test_integer_ids_are_normalised_to_strings_and_int_ts_to_float():
+    event = decode("clicks", None, with_fields(CLICK, user_id=42, item_id=0, ts=7))
+    assert (event.user_id, event.item_id, event.ts) == ("42", "0", 7.0)
+    assert type(event.ts) is float
+
+
+def test_unknown_fields_are_kept_in_extra_and_reencoded():
+    event = decode("clicks", None, with_fields(CLICK, campaign="x", score=[1, 2]))
+    assert event.extra == {"campaign": "x", "score": [1, 2]}
+    assert orjson.loads(event.to_json()) == {**CLICK, "campaign": "x", "score": [1, 2]}
+
+
+def test_optional_fields_may_be_absent_or_null():
+    event = decode("exposures", None, with_fields(EXPOSURE, position=_DROP, context=None))
+    assert (event.position, event.context, event.extra) == (None, None, None)
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"", "invalid_json"),
+    (b"{", "invalid_json"),
+    (b'{"ts": NaN}', "invalid_json"),            # what json.dumps writes for a NaN ts
+    (b'{"ts": 1e400}', "invalid_json"),          # overflows to infinity
+    (b"\xff\xfe{}", "invalid_json"),             # not UTF-8
+    (b'"\\ud800"', "invalid_json"),               # lone surrogate
+    (b"[" * 5000 + b"]" * 5000, "invalid_json"),  # nested too deep
+    (b"[1, 2]", "not_an_object"),
+    (b"null", "not_an_object"),
+    (b'"text"', "not_an_object"),
+    (with_fields(CLICK, event_id=_DROP), "missing_field:event_id"),
+    (with_fields(CLICK, user_id=None), "missing_field:user_id"),
+    (with_fields(CLICK, ts=_DROP), "missing_field:ts"),
+    (with_fields(CLICK, ts="12"), "wrong_type:ts"),
+    (with_fields(CLICK, ts=True), "wrong_type:ts"),
+    (with_fields(CLICK, item_id=True), "wrong_type:item_id"),
+    (with_fields(CLICK, item_id=1.0), "wrong_type:item_id"),
+    (with_fields(CLICK, impression_id=["m"]), "wrong_type:impression_id"),
+    (with_fields(CLICK, user_id=""), "invalid_id:user_id"),
+    (with_fields(CLICK, user_id="u" * 257), "invalid_id:user_id"),
+])
+def test_invalid_clicks_get_a_stable_reason(value, reason):
+    assert decode("clicks", b"u1", value) == Invalid(reason)
+
+
+def test_an_id_of_256_characters_is_valid():
+    assert decode("clicks", None, with_fields(CLICK, user_id="u" * 256)).user_id == "u" * 256
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"position": -1}, "out_of_range:position"),
+    ({"position": 1.5}, "wrong_type:position"),
+    ({"position": False}, "wrong_type:position"),
+    ({"context": "home"}, "wrong_type:context"),
+    ({"context": []}, "wrong_type:context"),
+])
+def test_invalid_exposure_fields(changes, reason):
+    assert decode("exposures", None, with_fields(EXPOSURE, **changes)) == Invalid(reason)
+
+
+def test_first_failing_field_in_schema_order_gives_the_reason():
+    value = with_fields(EXPOSURE, ts="x", user_id=_DROP, position=-3)
+    assert decode("exposures", None, value) == Invalid("wrong_type:ts")
+
+
+def test_records_over_one_mebibyte_are_too_large_and_up_to_it_are_not():
+    padding = "x" * MAX_RECORD_BYTES
+    big = with_fields(CLICK, pad=padding)
+    assert decode("clicks", None, big) == Invalid("too_large")
+    fitting = with_fields(CLICK, pad="")
+    fitting = with_fields(CLICK, pad="x" * (MAX_RECORD_BYTES - len(fitting) - 2))
+    assert len(fitting) + 2 == MAX_RECORD_BYTES
+    assert isinstance(decode("clicks", b"u1", fitting), Click)
+    assert decode("clicks", b"u12", fitting) == Invalid("too_large")  # the key counts too
+
+
+def test_entity_record_and_tombstone():
+    assert decode("items", b"i1", dumps(ITEM)) == EntityRecord(
+        "items", "i1", 5.0, {"genres": ["Drama"], "year": 1995})
+    assert decode("users", b"7", dumps({"user_id": 7, "ts": 1, "features": {}})) == EntityRecord(
+        "users", "7", 1.0, {})
+    assert decode("users", b"u9", None) == Tombstone("users", "u9")
+
+
+@pytest.mark.parametrize("kind, key, value, reason", [
+    ("items", None, dumps(ITEM), "missing_key"),
+    ("items", None, None, "missing_key"),
+    ("items", b"\xff", dumps(ITEM), "invalid_key"),
+    ("items", b"", None, "invalid_key"),
+    ("items", b"k" * 257, None, "invalid_key"),
+    ("items", b"i2", dumps(ITEM), "key_mismatch"),
+    ("users", b"i1", dumps(ITEM), "missing_field:user_id"),   # the id field follows the kind
+    ("items", b"i1", with_fields(ITEM, features=_DROP), "missing_field:features"),
+    ("items", b"i1", with_fields(ITEM, features=[1]), "wrong_type:features"),
+    ("items", b"i1", with_fields(ITEM, ts=None), "missing_field:ts"),
+    ("clicks", b"u1", None, "null_value"),
+])
+def test_invalid_entity_records(kind, key, value, reason):
+    assert decode(kind, key, value) == Invalid(reason)
+
+
+def test_unknown_kind_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown record kind"):
+        decode("ratings", None, b"{}")
+
+
+# --- against a plain reference validator ----------------------------------------------------
+
+def reference_event(kind: str, obj) -> object:
+    """Straightforward re-statement of the rules of issue 2 for exposures and clicks."""
+    if not isinstance(obj, dict):
+        return Invalid("not_an_object")
+    values = {}
+    fields = ["event_id", "ts", "user_id", "item_id", "impression_id"]
+    if kind == "exposures":
+        fields += ["position", "context"]
+    for name in fields:
+        value = obj.get(name)
+        if name == "ts":
+            if value is None:
+                return Invalid("missing_field:ts")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return Invalid("wrong_type:ts")
+            if not math.isfinite(value):
+                return Invalid("non_finite:ts")
+            values[name] = float(value)
+        elif name == "position":
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    return Invalid("wrong_type:position")
+                if value < 0:
+                    return Invalid("out_of_range:position")
+            values[name] = value
+        elif name == "context":
+            if value is not None and not isinstance(value, dict):
+                return Invalid("wrong_type:context")
+            values[name] = value
+        else:
+            if value is None:
+                return Invalid(f"missing_field:{name}")
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                return Invalid(f"wrong_type:{name}")
+            value = str(value)
+            if not 1 <= len(value) <= 256:
+                return Invalid(f"invalid_id:{name}")
+            values[name] = value
+    extra = {k: v for k, v in obj.items() if k not in fields} or None
+    cls = Exposure if kind == "exposures" else Click
+    return cls(**values, extra=extra)
+
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2 ** 63), 2 ** 63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=300))
+json_values = st.recursive(json_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=8)
+field_values = st.one_of(json_values, st.sampled_from(["", "u" * 256, "u" * 257, 0, -1, 3]))
+record_objects = st.dictionaries(
+    st.sampled_from(["event_id", "ts", "user_id", "item_id", "impression_id", "position",
+                     "context", "other"]), field_values, max_size=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(kind=st.sampled_from(["exposures", "clicks"]), obj=st.one_of(record_objects, json_values),
+       valid_base=st.booleans())
+def test_decoder_agrees_with_reference(kind, obj, valid_base):
+    if valid_base and isinstance(obj, dict):
+        obj = {**EXPOSURE, **obj}  # mostly-valid records reach the later rules
+    assert decode(kind, None, orjson.dumps(obj)) == reference_event(kind, obj)
+
+
+# --- properties -------------------------------------------------------------------------------
+
+@settings(max_examples=500, deadline=None)
+@given(kind=st.sampled_from(KINDS), key=st.one_of(st.none(), st.binary(max_size=300)),
+       value=st.one_of(st.none(), st.binary(max_size=300)))
+def test_arbitrary_bytes_never_raise_and_reasons_are_bounded(kind, key, value):
+    result = decode(kind, key, value)
+    if isinstance(result, Invalid):
+        assert result.reason in REASONS
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(KINDS), obj=json_values)
+def test_arbitrary_json_never_raises(kind, obj):
+    result = decode(kind, b"u1", orjson.dumps(obj))
+    assert not isinstance(result, Invalid) or result.reason in REASONS
+
+
+ids = st.one_of(st.text(min_size=1, max_size=256), st.integers(0, 2 ** 63 - 1).map(str))
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(e=st.builds(Exposure, ids, finite, ids, ids, ids, st.none() | st.integers(0, 10 ** 6),
+                   st.none() | st.dictionaries(st.text(max_size=5), json_scalars, max_size=3)))
+def test_exposure_round_trips_through_json(e):
+    assert decode("exposures", e.key(), e.to_json()) == e
+
+
+def test_json_module_output_decodes_like_orjson_output():
+    assert decode("clicks", None, json.dumps(CLICK).encode()) == decode("clicks", None, dumps(CLICK))
+
+
+def test_reasons_never_contain_raw_values():
+    reasons = {decode("clicks", None, with_fields(CLICK, user_id=v)).reason
+               for v in ["", "x" * 300, 1.5, [1], {"a": 1}, True]}
+    assert reasons <= REASONS
+    assert reasons == {"invalid_id:user_id", "wrong_type:user_id"}
