@@ -19,6 +19,8 @@ from streaming.settings import Settings, add_setting_flags
 # One module per command (or command group); order is the order of --help.
 COMMAND_MODULES = [
     "consumers.config_cmd",
+    "consumers.broker",
+    "consumers.topics",
     "consumers.bench",
 ]
 

@@ -40,6 +40,8 @@ class Settings:
         env="KAFKA_BOOTSTRAP_SERVERS")
     broker_port: int = _setting(9092, "port of the local broker started by `recallstream broker`")
     broker_data_dir: str = _setting("var/kafka", "data and log folder of the local broker")
+    kafka_cache_dir: str = _setting("~/.cache/recallstream",
+                                    "folder caching the jars of the local broker (kafka-<version>/)")
     topic_exposures: str = _setting("exposures", "topic of exposure events (key user_id)")
     topic_clicks: str = _setting("clicks", "topic of click events (key user_id)")
     topic_items: str = _setting("items", "compacted topic of item catalog records (key item_id)")
