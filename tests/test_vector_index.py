@@ -1,0 +1,234 @@
+"""Tests of the Qdrant vector index (embedded modes; a server when QDRANT_URL is set)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+
+import numpy as np
+import pytest
+
+from model.vector_index import RetryPolicy, VectorIndex, point_id
+
+
+def unit_rows(rng, n, dim):
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force_top(vectors, query, k):
+    normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = normed @ (query / np.linalg.norm(query))
+    order = np.argsort(-scores, kind="stable")[:k]
+    return order, scores[order]
+
+
+@pytest.fixture
+def index():
+    index = VectorIndex.connect(":memory:")
+    yield index
+    index.close()
+
+
+def check_roundtrip(index: VectorIndex, name: str) -> None:
+    rng = np.random.default_rng(0)
+    ids = [f"item-{i}" for i in range(300)]
+    vectors = rng.normal(size=(300, 16)).astype(np.float32) * 3  # not normalised
+    payloads = [{"genres": ["g" + str(i % 5)], "model_version": 1} for i in range(300)]
+    index.ensure_collection(name, dim=16)
+    index.ensure_collection(name, dim=16)  # idempotent
+    index.upsert(name, ids, vectors, payloads)
+    assert index.count(name) == 300
+
+    for query in rng.normal(size=(5, 16)):
+        order, scores = brute_force_top(vectors, query, 10)
+        hits = index.search(name, query, limit=10)
+        assert [h[0] for h in hits] == [ids[i] for i in order]
+        np.testing.assert_allclose([h[1] for h in hits], scores, rtol=1e-4, atol=1e-5)
+        assert hits[0][2] == {**payloads[order[0]], "item_id": ids[order[0]]}
+
+    # re-upsert of the same ids overwrites: same count, new vectors and payloads
+    index.upsert(name, ids[:50], -vectors[:50], [{"model_version": 2}] * 50)
+    assert index.count(name) == 300
+    hit = index.search(name, -vectors[7], limit=1)[0]
+    assert hit[0] == "item-7" and hit[2] == {"model_version": 2, "item_id": "item-7"}
+
+    index.delete(name, ids[:100] + ["never-there"])
+    assert index.count(name) == 200
+    hits = index.search(name, vectors[150], limit=300)
+    assert len(hits) == 200 and not {h[0] for h in hits} & set(ids[:100])
+
+
+def test_roundtrip_in_memory_matches_numpy_brute_force(index):
+    check_roundtrip(index, "items")
+
+
+def test_search_excludes_ids_and_retrieves_normalised_vectors(index):
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(40, 8)).astype(np.float32)
+    ids = [str(i) for i in range(40)]
+    index.ensure_collection("items", dim=8)
+    index.upsert("items", ids, vectors)
+    order, _ = brute_force_top(vectors, vectors[3], 40)
+    excluded = [ids[i] for i in order[:5]]
+    hits = index.search("items", vectors[3], limit=5, exclude_ids=excluded)
+    assert [h[0] for h in hits] == [ids[i] for i in order[5:10]]
+
+    found = index.retrieve_vectors("items", ["3", "17", "missing"])
+    assert set(found) == {"3", "17"}
+    np.testing.assert_allclose(found["3"], vectors[3] / np.linalg.norm(vectors[3]), rtol=1e-5)
+
+
+def test_recall_by_user_id_alone(index):
+    rng = np.random.default_rng(2)
+    items = unit_rows(rng, 100, 8)
+    users = unit_rows(rng, 5, 8)
+    index.ensure_collection("items", dim=8)
+    index.ensure_collection("users", dim=8)
+    index.upsert("items", [f"i{i}" for i in range(100)], items)
+    index.upsert("users", [f"u{i}" for i in range(5)], users, kind="user")
+    for u in range(5):
+        order, _ = brute_force_top(items, users[u], 10)
+        hits = index.search_by_point_id("items", "users", f"u{u}", limit=10)
+        assert [h[0] for h in hits] == [f"i{i}" for i in order]
+    hits = index.search_by_point_id("items", "users", "u0", limit=3,
+                                    exclude_ids=[f"i{brute_force_top(items, users[0], 1)[0][0]}"])
+    assert [h[0] for h in hits] == [f"i{i}" for i in brute_force_top(items, users[0], 4)[0][1:]]
+    with pytest.raises(KeyError, match="nobody"):
+        index.search_by_point_id("items", "users", "nobody", limit=3)
+
+
+def test_point_ids_are_deterministic_and_kind_specific():
+    assert point_id("7") == point_id("7") == str(uuid.UUID(point_id("7")))
+    assert point_id("7") != point_id("7", kind="user") != point_id("8")
+
+
+def fill_version(index, name, version, n=30, dim=4):
+    rng = np.random.default_rng(version)
+    index.ensure_collection(name, dim=dim)
+    index.upsert(name, [str(i) for i in range(n)], rng.normal(size=(n, dim)),
+                 [{"version": version}] * n)
+
+
+def test_alias_swap_is_atomic_for_readers(index):
+    fill_version(index, "items_v1", 1)
+    fill_version(index, "items_v2", 2)
+    assert index.swap_alias("items", "items_v1") is None
+    assert index.resolve("items") == "items_v1" and index.resolve("items_v2") == "items_v2"
+    index.ensure_collection("items", dim=4)  # the alias counts as existing: nothing created
+    assert index.aliases() == {"items": "items_v1"}
+
+    seen, errors, done = [], [], threading.Event()
+
+    def reader():
+        try:
+            while not done.is_set():
+                versions = {h[2]["version"] for h in index.search("items", [1, 0, 0, 0], limit=30)}
+                seen.append(versions)
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        i = 0
+        while i < 200 or len(seen) < 100 or i % 2:  # swap until many queries ran in between
+            previous = index.swap_alias("items", "items_v2" if i % 2 == 0 else "items_v1")
+            assert previous == ("items_v1" if i % 2 == 0 else "items_v2")
+            i += 1
+    finally:
+        done.set()
+        thread.join()
+    assert not errors
+    assert {1} in seen and {2} in seen  # the readers saw both sides of the swaps ...
+    assert all(versions in ({1}, {2}) for versions in seen)  # ... never mixed, never missing
+    assert index.resolve("items") == "items_v1"
+
+
+def test_local_path_persists_points_and_aliases(tmp_path):
+    path = str(tmp_path / "qdrant")
+    first = VectorIndex.connect(path)
+    fill_version(first, "items_v1", 1)
+    first.swap_alias("items", "items_v1")
+    before = first.search("items", [0, 1, 0, 0], limit=5)
+    first.close()
+
+    second = VectorIndex.connect(path)
+    try:
+        assert second.count("items") == 30
+        after = second.search("items", [0, 1, 0, 0], limit=5)
+        assert [(h[0], h[2]) for h in after] == [(h[0], h[2]) for h in before]
+        np.testing.assert_allclose([h[1] for h in after], [h[1] for h in before], rtol=1e-6)
+        assert second.aliases() == {"items": "items_v1"}
+    finally:
+        second.close()
+
+
+def test_bad_arguments_raise_value_error(index):
+    index.ensure_collection("items", dim=4)
+    with pytest.raises(ValueError, match="dim"):
+        index.ensure_collection("items", dim=8)
+    with pytest.raises(ValueError, match="distance"):
+        index.ensure_collection("other", dim=4, distance="manhattan")
+    with pytest.raises(ValueError, match="finite"):
+        index.upsert("items", ["a"], np.array([[np.nan, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="shape"):
+        index.upsert("items", ["a", "b"], np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="limit"):
+        index.search("items", [1, 0, 0, 0], limit=0)
+    with pytest.raises(ValueError):
+        RetryPolicy(attempts=0)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_server_unavailable_is_retried_with_backoff_then_raised():
+    waits = []
+    index = VectorIndex.connect(f"http://127.0.0.1:{closed_port()}",
+                                retry=RetryPolicy(attempts=4, initial_s=0.01, max_s=0.03),
+                                sleep=waits.append)
+    with pytest.raises(Exception) as caught:
+        index.count("items")
+    assert waits == [0.01, 0.02, 0.03]
+    assert "connect" in repr(caught.value).lower()
+
+
+def test_errors_that_are_not_connection_errors_are_not_retried():
+    waits = []
+    index = VectorIndex.connect(":memory:", sleep=waits.append)
+    with pytest.raises(ValueError, match="not found"):
+        index.count("no-such-collection")
+    assert waits == []
+
+
+@pytest.mark.skipif(not os.environ.get("QDRANT_URL", "").startswith("http"),
+                    reason="needs a Qdrant server: set QDRANT_URL (and QDRANT_API_KEY if required); "
+                           "Docker is not available on this machine")
+def test_against_a_qdrant_server():
+    index = VectorIndex.connect(os.environ["QDRANT_URL"], os.environ.get("QDRANT_API_KEY"))
+    suffix = uuid.uuid4().hex[:8]
+    names = [f"test_items_{suffix}", f"test_v1_{suffix}", f"test_v2_{suffix}", f"test_users_{suffix}"]
+    alias = f"test_alias_{suffix}"
+    try:
+        check_roundtrip(index, names[0])
+        fill_version(index, names[1], 1)
+        fill_version(index, names[2], 2)
+        index.swap_alias(alias, names[1])
+        assert index.swap_alias(alias, names[2]) == names[1]
+        assert {h[2]["version"] for h in index.search(alias, [1, 0, 0, 0], limit=30)} == {2}
+        index.ensure_collection(names[3], dim=4)
+        index.upsert(names[3], ["u"], np.array([[1.0, 0, 0, 0]]), kind="user")
+        hits = index.search_by_point_id(names[2], names[3], "u", limit=3)
+        assert [h[0] for h in hits] == [h[0] for h in index.search(names[2], [1, 0, 0, 0], limit=3)]
+        with pytest.raises(KeyError):
+            index.search_by_point_id(names[2], names[3], "nobody", limit=3)
+    finally:
+        for name in names:
+            index.delete_collection(name)
+        index.close()
