@@ -315,6 +315,7 @@ class LocalBroker:
         if not self._wait_for_exit(timeout_s):
             _signal(pid, signal.SIGKILL)
             self._wait_for_exit(10.0)
+        _collect_exit_status(pid)
         self.pid_path.unlink(missing_ok=True)
         return True
 
@@ -377,6 +378,13 @@ def _reap(pid: int) -> None:
     process = _CHILDREN.get(pid)
     if process is not None and process.poll() is not None:
         del _CHILDREN[pid]
+
+
+def _collect_exit_status(pid: int) -> None:
+    # An exited child stays a zombie (still signalable) until its status is collected.
+    process = _CHILDREN.pop(pid, None)
+    if process is not None:
+        process.wait(timeout=10)
 
 
 def _signal(pid: int, signum: int) -> None:
