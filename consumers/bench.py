@@ -13,6 +13,7 @@ import importlib
 # benchmark name -> module; each module has add_arguments(parser) and run(args, settings) -> dict
 BENCHMARKS: dict[str, str] = {
     "popularity": "consumers.bench_popularity",
+    "qdrant": "consumers.bench_qdrant",
 }
 
 
