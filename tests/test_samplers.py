@@ -275,3 +275,14 @@ def test_mixed_without_random_is_in_batch():
 def test_mixed_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_draw_at_the_very_end_of_the_table_never_returns_a_zero_weight_id():
+    from model.samplers.unigram import _CumulativeTable
+
+    class LargestUniform:  # the largest value Generator.random can return
+        def random(self, size):
+            return np.full(size, np.nextafter(1.0, 0.0))
+
+    table = _CumulativeTable(np.array(["a", "b", "z"], dtype=object), np.array([0.1, 0.2, 0.0]))
+    assert table.ids[table.draw(LargestUniform(), 3)].tolist() == ["b", "b", "b"]

@@ -30,7 +30,7 @@ class UnigramSampler:
     ----------
     power
         Exponent applied to counts (0.75 as in word2vec; 0 gives uniform over
-        the known ids, including those with count 0).
+        the known ids, including those with count 0). Fixed at construction.
     rebuild_every
         Rebuild the table after this many updates (>= 1).
     seed
@@ -52,13 +52,22 @@ class UnigramSampler:
             raise ValueError(f"power must be non-negative, got {power}")
         if rebuild_every < 1:
             raise ValueError(f"rebuild_every must be at least 1, got {rebuild_every}")
-        self.power = power
+        self._power = power
         self.rebuild_every = rebuild_every
         self._rng = np.random.default_rng(seed)
         self._slot_of: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._id_array = np.empty(0, dtype=object)  # grown lazily from _ids at rebuild
         self._counts = np.zeros(16, dtype=np.float64)
+        # count ** power, kept current for the touched slots so a rebuild is just a cumsum
+        self._weights = np.zeros(16, dtype=np.float64)
         self._updates_since_build = 0
         self._table: _CumulativeTable | None = None
+
+    @property
+    def power(self) -> float:
+        """Exponent applied to the counts."""
+        return self._power
 
     def __len__(self) -> int:
         """Number of distinct ids ever counted."""
@@ -72,8 +81,10 @@ class UnigramSampler:
             raise ValueError(f"{len(ids)} ids but {increments.size} counts")
         if not bool(np.all(np.isfinite(increments) & (increments >= 0))):
             raise ValueError("counts must be finite and non-negative")
-        slots = np.fromiter((self._slot(item_id) for item_id in ids), dtype=np.int64, count=len(ids))
+        slots = np.array(self._slots(ids), dtype=np.int64)
         np.add.at(self._counts, slots, increments)
+        touched = np.unique(slots)
+        self._weights[touched] = np.power(self._counts[touched], self._power)
         self._updates_since_build += 1
 
     def probability(self, ids: Iterable[str]) -> np.ndarray:
@@ -93,21 +104,32 @@ class UnigramSampler:
         slots = table.draw(self._rng, num_samples)
         return CandidateSample(table.ids[slots], table.probability(slots))
 
+    def _slots(self, ids: list[str]) -> list[int]:
+        known = self._slot_of.get
+        slots = [known(item_id) for item_id in ids]  # the hot path: one dict probe per id
+        if None in slots:
+            slots = [self._slot(item_id) if slot is None else slot for item_id, slot in zip(ids, slots)]
+        return slots
+
     def _slot(self, item_id: str) -> int:
         slot = self._slot_of.get(item_id)
         if slot is None:
-            slot = self._slot_of[item_id] = len(self._slot_of)
+            slot = self._slot_of[item_id] = len(self._ids)
+            self._ids.append(item_id)
             if slot == self._counts.size:  # amortised O(1) growth
-                self._counts = np.concatenate([self._counts, np.zeros(self._counts.size)])
+                self._counts = np.concatenate([self._counts, np.zeros(slot)])
+                self._weights = np.concatenate([self._weights, np.zeros(slot)])
         return slot
 
     def _current_table(self) -> "_CumulativeTable":
         if self._table is None or self._updates_since_build >= self.rebuild_every:
-            if not self._slot_of:
+            if not self._ids:
                 raise ValueError("no counts yet: call update() before sampling")
-            counts = self._counts[: len(self._slot_of)]
-            ids = np.array(list(self._slot_of), dtype=object)
-            self._table = _CumulativeTable(ids, np.power(counts, self.power))
+            if self._id_array.size < len(self._ids):
+                new_ids = np.array(self._ids[self._id_array.size:], dtype=object)
+                self._id_array = np.concatenate([self._id_array, new_ids])
+            # copy: the table is a snapshot, later updates must not change what it reports
+            self._table = _CumulativeTable(self._id_array, self._weights[: len(self._ids)].copy())
             self._updates_since_build = 0
         return self._table
 
@@ -124,7 +146,7 @@ class _CumulativeTable:
         if not self._total > 0:
             raise ValueError("all counts are zero: nothing to sample")
         # float rounding can put u * total on the very end; never return a zero-weight slot then
-        self._last_positive = int(np.flatnonzero(weights > 0)[-1])
+        self._last_positive = int(np.searchsorted(self._cumulative, self._total, side="left"))
 
     def probability(self, slots: np.ndarray) -> np.ndarray:
         return self._weights[slots] / self._total
