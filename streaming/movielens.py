@@ -27,9 +27,9 @@ np.void(('196', '242', 3.0, 881250949), dtype=[('user_id', '<U3'), ('item_id', '
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -198,8 +198,6 @@ def _download_wheel(cache: Path) -> None:
 
 
 def _check_sha256(wheel: Path) -> None:
-    import hashlib
-
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     if digest != RECBOLE_WHEEL_SHA256:
         raise DatasetUnavailable(f"{wheel} has sha256 {digest}, expected "
