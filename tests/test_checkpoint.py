@@ -318,3 +318,16 @@ def test_lock_in_the_same_process_is_exclusive_too(tmp_path):
             first.acquire()
     assert not first.held
     OwnerLock(tmp_path).acquire().release()
+
+
+def test_frequency_estimator_state_survives_a_checkpoint(tmp_path):
+    from streaming.popularity import FrequencyEstimator
+
+    estimator = FrequencyEstimator(num_buckets=64, alpha=0.1, num_hashes=2, seed=4)
+    for step in range(30):
+        estimator.update([str(step % 7), str(step % 3)])
+    CheckpointStore(tmp_path).save({"estimator": estimator.state_dict()})
+    restored = FrequencyEstimator.from_state_dict(CheckpointStore(tmp_path).load_latest()["estimator"])
+    ids = [str(i) for i in range(10)]
+    np.testing.assert_array_equal(restored.probability(ids), estimator.probability(ids))
+    assert restored.step == 30
