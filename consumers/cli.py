@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "consumers.broker",
     "consumers.topics",
     "consumers.bench",
+    "consumers.inspect",
     "consumers.replay",
 ]
 
