@@ -14,6 +14,7 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "popularity": "consumers.bench_popularity",
     "qdrant": "consumers.bench_qdrant",
+    "decode": "consumers.bench_decode",
     "sampler": "consumers.bench_sampler",
 }
 
