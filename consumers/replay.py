@@ -10,6 +10,7 @@ The replay publishes, in this order:
    the exposures of its simulated impression list (:mod:`streaming.impressions`),
    keyed by user_id to the exposures and clicks topics.
 
+Missing topics are created first (as ``recallstream topics create`` does).
 ``--rate`` paces exposures and clicks (the entity tables go out unpaced, they are
 the starting state); ``--max`` sends as fast as the producer can. The producer
 batches: no send waits for its acknowledgement, failures are counted through
@@ -284,6 +285,7 @@ def add_parser(subparsers) -> None:
 
 def run(args, settings) -> int:
     from consumers.cli import print_json
+    from streaming.kafka_io import create_topics
     from streaming.movielens import DatasetUnavailable, load_movielens
 
     rate = None if args.max else (DEFAULT_RATE if args.rate is None else args.rate)
@@ -294,6 +296,9 @@ def run(args, settings) -> int:
         plan = ReplayPlan(dataset, limit=args.limit, exposures_per_click=args.exposures_per_click,
                           seed=settings.seed, name=args.dataset)
         plan.simulator()  # validates K against the catalog before anything is sent
+        # Idempotent; without it the broker could auto-create the topics without compaction
+        # and with a default partition count.
+        create_topics(settings)
     except (ValueError, DatasetUnavailable) as error:
         print(f"recallstream replay: {error}", file=sys.stderr)
         return 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import uuid
 from collections import Counter, defaultdict
 
 import orjson
@@ -12,10 +14,11 @@ from consumers.cli import main
 from consumers.replay import ReplayPlan
 from streaming.decoding import Invalid, decode
 from streaming.events import Click, EntityRecord, Exposure
-from streaming.kafka_io import read_topic
+from streaming.kafka_io import admin_client, end_offsets, read_topic
 from streaming.movielens import load_movielens
 
-TOPIC_FLAGS = ("bootstrap_servers", "topic_exposures", "topic_clicks", "topic_items", "topic_users")
+TOPIC_FLAGS = ("bootstrap_servers", "partitions", "topic_exposures", "topic_clicks", "topic_items",
+               "topic_users", "topic_dead_letters")
 
 
 def settings_flags(settings) -> list[str]:
@@ -114,3 +117,22 @@ def test_limited_paced_replay_publishes_the_plan_prefix(topic_settings, capsys, 
             keys = {key for key, _ in partition_records}
             assert partition_records == [kv for kv in expected[topic] if kv[0] in keys]
         assert sum(map(len, by_partition.values())) == len(expected[topic])
+
+
+def test_replay_creates_missing_topics_with_the_settings_partitions(kafka_settings, capsys):
+    # Fresh names, not created by a fixture: the replay must create them itself.
+    prefix = f"replay-creates-{uuid.uuid4().hex[:8]}"
+    settings = dataclasses.replace(
+        kafka_settings, topic_exposures=f"{prefix}-exposures", topic_clicks=f"{prefix}-clicks",
+        topic_items=f"{prefix}-items", topic_users=f"{prefix}-users",
+        topic_dead_letters=f"{prefix}-dead-letters")
+    try:
+        replay(settings, capsys, "--limit", "10", "--max", "--partitions", "3")
+        assert len(end_offsets(settings, settings.topic_clicks)) == 3
+        assert len(end_offsets(settings, settings.topic_exposures)) == 3
+        assert sum(end_offsets(settings, settings.topic_clicks).values()) == 10
+    finally:
+        with admin_client(settings) as admin:
+            admin.delete_topics([settings.topic_exposures, settings.topic_clicks,
+                                 settings.topic_items, settings.topic_users,
+                                 settings.topic_dead_letters], raise_errors=False)
