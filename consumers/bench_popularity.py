@@ -34,7 +34,8 @@ def run(args, settings) -> dict:
     batches = [[f"item-{i}" for i in row] for row in drawn.tolist()]
     ids_per_run = args.steps * settings.batch_size
 
-    estimator = FrequencyEstimator(args.num_buckets, args.alpha, args.num_hashes, seed=settings.seed)
+    estimator = FrequencyEstimator(args.num_buckets, args.alpha, args.num_hashes,
+                                   seed=settings.seed)
     cold = ids_per_run / _seconds(estimator.update, batches)
     update = [ids_per_run / _seconds(estimator.update, batches) for _ in range(args.runs)]
     probability = [ids_per_run / _seconds(estimator.probability, batches) for _ in range(args.runs)]

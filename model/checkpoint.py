@@ -136,13 +136,14 @@ class CheckpointStore:
         """
         if not isinstance(state, dict):
             raise ValueError(f"state must be a dict, got {type(state).__name__}")
-        data = encode(state)
+        prefix, payload = _frame(state)
         existing = self.paths()
         seq = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
         path = self.directory / f"ckpt-{seq:010d}"
         temp = self.directory / f".ckpt-{seq:010d}.tmp"
         with open(temp, "wb") as f:
-            f.write(data)
+            f.write(prefix)
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
@@ -185,26 +186,34 @@ class CheckpointStore:
 
 def encode(state: dict) -> bytes:
     """The bytes of a checkpoint file holding ``state``."""
+    prefix, payload = _frame(state)
+    return prefix + bytes(payload)
+
+
+def _frame(state: dict) -> tuple[bytes, memoryview]:
+    # Magic and header, then the payload as a view: a large model is not copied again.
     buffer = io.BytesIO()
     torch.save(_to_storable(state), buffer)
-    payload = buffer.getvalue()
+    payload = buffer.getbuffer()
     header = json.dumps({
         "format_version": FORMAT_VERSION, "payload_bytes": len(payload),
         "payload_sha256": hashlib.sha256(payload).hexdigest(), "created_at": time.time(),
     }, sort_keys=True).encode()
-    return b"".join([MAGIC, header, b"\n", hashlib.sha256(header).hexdigest().encode(), b"\n",
-                     payload])
+    header_checksum = hashlib.sha256(header).hexdigest().encode()
+    return b"".join([MAGIC, header, b"\n", header_checksum, b"\n"]), payload
 
 
 def decode(data: bytes, source: str = "checkpoint") -> dict:
     """The state stored in checkpoint bytes; raises on any failed check."""
     if not data.startswith(MAGIC):
         raise CorruptCheckpoint(f"{source}: not a recallstream checkpoint (bad magic)")
-    rest = data[len(MAGIC):]
-    parts = rest.split(b"\n", 2)
-    if len(parts) != 3 or hashlib.sha256(parts[0]).hexdigest().encode() != parts[1]:
+    header_end = data.find(b"\n", len(MAGIC))
+    checksum_end = data.find(b"\n", header_end + 1) if header_end >= 0 else -1
+    header_line = data[len(MAGIC):header_end]
+    header_checksum = data[header_end + 1:checksum_end]
+    if checksum_end < 0 or hashlib.sha256(header_line).hexdigest().encode() != header_checksum:
         raise CorruptCheckpoint(f"{source}: header checksum mismatch")
-    header_line, _, payload = parts
+    payload = memoryview(data)[checksum_end + 1:]  # a view: no copy of a large model
     header = json.loads(header_line)
     if header.get("format_version") != FORMAT_VERSION:
         raise UnsupportedCheckpointVersion(

@@ -46,6 +46,7 @@ DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Hit = tuple[str, float, dict]  # (id, score, payload) of a search result
 
 
 def point_id(entity_id: str, kind: str = "item") -> str:
@@ -249,13 +250,13 @@ class VectorIndex:
 
     def search(self, name: str, vector: Sequence[float] | np.ndarray, limit: int,
                exclude_ids: Sequence[str] | None = None, *,
-               kind: str = "item") -> list[tuple[str, float, dict]]:
+               kind: str = "item") -> list[Hit]:
         """Nearest points to ``vector``, best first: ``(id, score, payload)``."""
         query = np.asarray(vector, dtype=np.float32).tolist()
         return self._query(name, query, limit, exclude_ids, kind)
 
     def search_by_point_id(self, items_name: str, users_name: str, user_id: str, limit: int,
-                           exclude_ids: Sequence[str] | None = None) -> list[tuple[str, float, dict]]:
+                           exclude_ids: Sequence[str] | None = None) -> list[Hit]:
         """Recall for a user by id alone: the items nearest to the user's stored vector.
 
         Qdrant looks the vector up in ``users_name`` itself (``lookup_from``), so a
@@ -274,7 +275,7 @@ class VectorIndex:
                 raise KeyError(f"user {user_id!r} has no vector in {users_name!r}") from None
             raise
 
-    def _query(self, name, query, limit, exclude_ids, kind, **extra) -> list[tuple[str, float, dict]]:
+    def _query(self, name, query, limit, exclude_ids, kind, **extra) -> list[Hit]:
         from qdrant_client import models
 
         if limit < 1:
