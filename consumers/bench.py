@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "qdrant": "consumers.bench_qdrant",
     "decode": "consumers.bench_decode",
     "sampler": "consumers.bench_sampler",
+    "replay": "consumers.bench_replay",
 }
 
 
