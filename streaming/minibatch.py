@@ -43,8 +43,8 @@ class Minibatcher(Generic[T]):
     >>> batcher = Minibatcher(size=2, timeout_s=10.0, clock=lambda: 0.0)
     >>> batcher.add("a"), batcher.add("b"), batcher.add("c")
     (None, ['a', 'b'], None)
-    >>> len(batcher), batcher.flush(), batcher.flush()
-    (1, ['c'], None)
+    >>> len(batcher), batcher.pending(), batcher.flush(), batcher.flush()
+    (1, ['c'], ['c'], None)
     """
 
     def __init__(self, size: int, timeout_s: float,
@@ -79,6 +79,21 @@ class Minibatcher(Generic[T]):
             if batch is not None:
                 batches.append(batch)
         return batches
+
+    def pending(self) -> list[T]:
+        """A copy of the items of the partial batch (saved with a checkpoint)."""
+        return list(self._items)
+
+    def extend(self, items: Iterable[T]) -> None:
+        """Put items back into the partial batch (restoring a checkpoint); its
+        timeout starts now. Raises ValueError if they would fill a batch."""
+        items = list(items)
+        if len(self._items) + len(items) >= self.size:
+            raise ValueError(f"{len(self._items) + len(items)} items do not fit a partial batch "
+                             f"of size {self.size}")
+        if items and not self._items:
+            self._first_at = self._clock()
+        self._items.extend(items)
 
     def poll(self) -> list[T] | None:
         """The partial batch if its timeout has passed (call it when no item arrives)."""

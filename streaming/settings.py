@@ -59,6 +59,12 @@ class Settings:
     join_window_s: float = _setting(1800.0, "click-to-exposure join window in event seconds")
     batch_size: int = _setting(1024, "training minibatch size (clicks)")
     batch_timeout_s: float = _setting(1.0, "flush a partial minibatch after this many seconds")
+    checkpoint_every_batches: int = _setting(50, "checkpoint after this many batches")
+    checkpoint_every_s: float = _setting(30.0, "checkpoint at least this often (seconds)")
+    reembed_every_batches: int = _setting(
+        20, "re-embed every catalog item into Qdrant after this many batches (dense layers move)")
+    align_window_ms: int = _setting(
+        100, "record-timestamp window that orders records across partitions deterministically")
     metrics_port: int = _setting(8000, "port of the Prometheus /metrics endpoint (0: off)")
     seed: int = _setting(2020, "random seed")
 

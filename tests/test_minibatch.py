@@ -89,3 +89,17 @@ def test_matches_a_straightforward_model(size, timeout, steps):
     rest = batcher.flush()
     out += [rest] if rest else []
     assert [i for batch in out for i in batch] == list(range(n))
+
+
+def test_pending_items_survive_a_restore_into_a_new_batcher():
+    clock = [0.0]
+    first = Minibatcher(size=3, timeout_s=5.0, clock=lambda: clock[0])
+    first.add_many(["a", "b"])
+    saved = first.pending()
+    restored = Minibatcher(size=3, timeout_s=5.0, clock=lambda: clock[0])
+    clock[0] = 100.0
+    restored.extend(saved)
+    assert restored.poll() is None            # the timeout restarts at the restore
+    assert restored.add("c") == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="do not fit"):
+        restored.extend(["x", "y", "z"])
