@@ -194,12 +194,13 @@ class ReplaySummary:
     exposures: int
     seconds: float
     failed: int = 0
+    first_error: str | None = None
 
     def as_dict(self) -> dict:
         events = self.clicks + self.exposures
         return {"dataset": self.dataset, "users": self.users, "items": self.items,
                 "clicks": self.clicks, "exposures": self.exposures, "failed": self.failed,
-                "seconds": round(self.seconds, 3),
+                "first_error": self.first_error, "seconds": round(self.seconds, 3),
                 "events_per_s": round(events / self.seconds, 1) if self.seconds > 0 else None}
 
 
@@ -223,7 +224,8 @@ def publish(plan: ReplayPlan, settings: Settings, *, rate: float | None = None,
     Returns
     -------
     ReplaySummary
-        ``failed`` counts records the broker did not acknowledge.
+        ``failed`` counts records the broker did not acknowledge, ``first_error``
+        describes the first such failure.
 
     Examples
     --------
@@ -258,7 +260,8 @@ def publish(plan: ReplayPlan, settings: Settings, *, rate: float | None = None,
             producer.close()
     return ReplaySummary(plan.name or plan.dataset.source, len(plan.dataset.users),
                          len(plan.dataset.items), plan.num_clicks, plan.num_exposures,
-                         time.monotonic() - start, failed=len(failures))
+                         time.monotonic() - start, failed=len(failures),
+                         first_error=repr(failures[0]) if failures else None)
 
 
 def add_parser(subparsers) -> None:

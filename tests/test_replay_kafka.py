@@ -136,3 +136,30 @@ def test_replay_creates_missing_topics_with_the_settings_partitions(kafka_settin
             admin.delete_topics([settings.topic_exposures, settings.topic_clicks,
                                  settings.topic_items, settings.topic_users,
                                  settings.topic_dead_letters], raise_errors=False)
+
+
+def test_records_the_broker_rejects_are_counted_and_fail_the_command(topic_settings, capsys):
+    # An exposures topic that accepts no record larger than 60 bytes: every exposure is refused.
+    settings = dataclasses.replace(topic_settings,
+                                   topic_exposures=topic_settings.topic_exposures + "-tiny")
+    with admin_client(settings) as admin:
+        admin.create_topics({settings.topic_exposures: {
+            "num_partitions": settings.partitions, "configs": {"max.message.bytes": "60"}}})
+        admin.wait_for_topics([settings.topic_exposures], timeout_ms=30_000)
+    try:
+        code = main(["replay", "--no-progress", "--json", "--limit", "5", "--max",
+                     *settings_flags(settings)])
+        summary = orjson.loads(capsys.readouterr().out)
+        assert code == 1
+        assert (summary["clicks"], summary["exposures"]) == (5, 20)
+        assert summary["failed"] >= 20 and "MessageSizeTooLarge" in summary["first_error"]
+        # Every record sent is either in its topic or counted as failed (the idempotent
+        # producer may abort records queued behind a fatal error too).
+        sent = 943 + 1682 + 5 + 20
+        stored = sum(sum(end_offsets(settings, topic).values()) for topic in (
+            settings.topic_users, settings.topic_items, settings.topic_exposures,
+            settings.topic_clicks))
+        assert stored + summary["failed"] == sent
+    finally:
+        with admin_client(settings) as admin:
+            admin.delete_topics([settings.topic_exposures], raise_errors=False)
