@@ -12,6 +12,7 @@ import importlib
 
 # benchmark name -> module; each module has add_arguments(parser) and run(args, settings) -> dict
 BENCHMARKS: dict[str, str] = {
+    "broker": "consumers.bench_broker",
     "popularity": "consumers.bench_popularity",
     "qdrant": "consumers.bench_qdrant",
     "decode": "consumers.bench_decode",
