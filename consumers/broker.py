@@ -23,7 +23,6 @@ def add_parser(subparsers) -> None:
         action.add_argument("--data-dir", dest="broker_data_dir", default=None,
                             help="data and log folder (same as --broker-data-dir)")
         action.set_defaults(func=run)
-    parser.set_defaults(func=lambda args, settings: parser.print_help() or 2)
     actions.choices["start"].add_argument("--timeout", type=float, default=90.0,
                                           help="seconds to wait for the broker to answer")
 
