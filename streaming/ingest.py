@@ -45,6 +45,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from streaming.alignment import RecordAligner
 from streaming.dead_letters import dead_letter_key, dead_letter_record
 from streaming.decoding import Invalid, decode
 from streaming.events import Click, EntityRecord, Exposure, Tombstone
@@ -109,6 +110,11 @@ class StreamIngestor:
         ``max_request_size`` raised for dead letters of the largest records).
     joiner : ClickJoiner, optional
         Default: ``ClickJoiner(settings.join_window_s)``.
+    aligner : RecordAligner, optional
+        When given, :meth:`poll` hands records on in timestamp windows fixed by
+        the logs (``streaming.alignment``), so the positives come out in the same
+        order however the fetches interleave; records fetched but not yet released
+        stay in the aligner and are not covered by :meth:`offsets`.
 
     Attributes
     ----------
@@ -125,7 +131,8 @@ class StreamIngestor:
     """
 
     def __init__(self, settings: Settings, consumer: KafkaConsumer | None = None,
-                 producer: KafkaProducer | None = None, joiner: ClickJoiner | None = None) -> None:
+                 producer: KafkaProducer | None = None, joiner: ClickJoiner | None = None,
+                 aligner: RecordAligner | None = None) -> None:
         self.settings = settings
         self._kinds = topic_kinds(settings)
         self._consumer = consumer or make_consumer(settings, group_id=settings.consumer_group)
@@ -141,6 +148,9 @@ class StreamIngestor:
         self._partitions = [tp for topic in self._kinds for tp in partitions_of(self._consumer, topic)]
         self._consumer.assign(self._partitions)
         self._consumer.seek_to_beginning(*self._partitions)
+        self._aligner = aligner
+        if aligner is not None:
+            aligner.track(self._partitions)
 
     def poll(self, timeout_s: float = 1.0, max_records: int | None = None) -> Ingested:
         """Fetch and handle the next records (waiting up to ``timeout_s`` for some).
@@ -153,7 +163,26 @@ class StreamIngestor:
             the caller must restart from its last checkpoint.
         """
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        return self.handle(batches)
+        if self._aligner is None:
+            return self.handle(batches)
+        self._aligner.add(batches)
+        out = Ingested()
+        for group in self._aligner.release(caught_up=self._fetched_to_end):
+            handled = self.handle(group)
+            out.positives += handled.positives
+            out.entities += handled.entities
+            out.records += handled.records
+        return out
+
+    def caught_up(self) -> bool:
+        """True when every partition is read to its last known end and nothing is
+        fetched but unhandled."""
+        buffered = self._aligner.buffered() if self._aligner is not None else 0
+        return buffered == 0 and all(self._fetched_to_end(tp) for tp in self._partitions)
+
+    def _fetched_to_end(self, tp: TopicPartition) -> bool:
+        highwater = self._consumer.highwater(tp)
+        return highwater is not None and self._consumer.position(tp) >= highwater
 
     def handle(self, batches: Mapping[TopicPartition, Iterable[Any]]) -> Ingested:
         """Handle records already fetched, as :meth:`poll` does (records need
@@ -199,6 +228,8 @@ class StreamIngestor:
                     raise ValueError(f"{topic}[{partition}] is not one of the consumed partitions")
                 self._consumer.seek(tp, offset)
                 self._next[tp] = offset
+        if self._aligner is not None:
+            self._aligner.clear()  # buffered records were fetched from the old positions
 
     def counters(self) -> dict[str, Any]:
         """``exposures_seen``, ``clicks_seen``, ``entity_records``, ``tombstones`` (valid
