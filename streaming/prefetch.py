@@ -1,0 +1,152 @@
+"""Run ingestion in a thread of its own, ahead of training, without losing exactly-once.
+
+Fetching, decoding and joining are Python work; a training step spends most of
+its time in torch kernels, which release the GIL. :class:`Prefetcher` polls a
+:class:`~streaming.ingest.StreamIngestor` in a background thread and queues
+each poll's :class:`~streaming.ingest.Ingested` result, in order, for the
+trainer, so that the two overlap on two cores.
+
+The ingestor's offsets and join state run ahead of the trainer by whatever
+sits in the queue. A checkpoint needs them to agree, so
+:meth:`Prefetcher.paused` stops the thread between two polls and hands the
+caller everything still queued: once the caller has consumed it, the
+ingestor's state describes exactly what the trainer has seen. The order of
+the results never depends on the thread's timing, so neither does training.
+
+The consumer is used only by the thread, except while paused (commits,
+checkpoints), because kafka-python's consumer is not thread-safe.
+
+Examples
+--------
+With any object that has ``poll(timeout_s)`` and ``caught_up()``:
+
+>>> class Numbers:
+...     def __init__(self): self.n = 0
+...     def poll(self, timeout_s):
+...         self.n += 1
+...         return self.n
+...     def caught_up(self): return False
+>>> prefetcher = Prefetcher(Numbers(), max_queued=3)
+>>> prefetcher.start()
+>>> [prefetcher.get(timeout_s=5) for _ in range(3)]
+[1, 2, 3]
+>>> with prefetcher.paused() as queued:
+...     position = 3 + len(queued)
+...     queued == list(range(4, position + 1))
+True
+>>> prefetcher.get(timeout_s=5) == position + 1
+True
+>>> prefetcher.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+_EMPTY = object()
+
+
+class Prefetcher:
+    """Background poller with a bounded, ordered queue (see the module docstring).
+
+    Parameters
+    ----------
+    ingestor : StreamIngestor (or anything with ``poll(timeout_s)`` and ``caught_up()``)
+    max_queued : int
+        Polls queued at most; the thread waits when the trainer is this far behind.
+    poll_timeout_s : float
+        Timeout of each poll (how quickly a pause or close is noticed).
+    """
+
+    def __init__(self, ingestor: Any, max_queued: int = 32, poll_timeout_s: float = 0.1) -> None:
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be >= 1, got {max_queued}")
+        self.ingestor = ingestor
+        self.max_queued = max_queued
+        self.poll_timeout_s = poll_timeout_s
+        self._queue: deque = deque()
+        self._cond = threading.Condition()
+        self._pause_requests = 0
+        self._polling = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._caught_up = False
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def get(self, timeout_s: float) -> Any:
+        """The next poll result, or None if none comes within ``timeout_s``.
+
+        Re-raises an error of the polling thread (e.g. a dead letter that could not
+        be delivered), after which the caller restarts from its checkpoint.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._queue or self._error is not None, timeout=timeout_s)
+            if self._queue:
+                item = self._queue.popleft()
+                self._cond.notify_all()
+                return item
+            self._raise_error()
+            return None
+
+    def caught_up(self) -> bool:
+        """True when nothing is queued and the last poll found every partition at its end."""
+        with self._cond:
+            return not self._queue and self._caught_up
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[list]:
+        """Stop polling; yield the queued results (the caller must consume them all)."""
+        with self._cond:
+            self._pause_requests += 1
+            self._cond.wait_for(lambda: not self._polling)
+            queued = list(self._queue)
+            self._queue.clear()
+            self._raise_error()
+        try:
+            yield queued
+        finally:
+            with self._cond:
+                self._pause_requests -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("the ingestion thread failed") from self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or (
+                    not self._pause_requests and len(self._queue) < self.max_queued))
+                if self._closed:
+                    return
+                self._polling = True
+            try:
+                result = self.ingestor.poll(timeout_s=self.poll_timeout_s)
+                caught_up = self.ingestor.caught_up()
+            except BaseException as error:  # handed to the trainer by get()/paused()
+                with self._cond:
+                    self._error = error
+                    self._polling = False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                if getattr(result, "records", None) != 0:  # an empty poll is not worth a slot
+                    self._queue.append(result)
+                self._caught_up = caught_up
+                self._polling = False
+                self._cond.notify_all()
