@@ -8,11 +8,16 @@ thread. Vectors handed over while the writer is busy are coalesced per id
 memory beyond one pending vector per id. Deletions of retired items go through
 the same queue, in order with the upserts of the same id.
 
+A failed write (Qdrant unavailable, beyond the retries of
+:class:`~model.vector_index.VectorIndex`) is put back, unless a newer vector of
+the same id came in meanwhile, and tried again after a growing pause (up to
+``max_backoff_s``): training goes on, and nothing is dropped.
+
 Qdrant holds derived data only: every vector can be recomputed from the
 model. So the worker never checkpoints stream offsets past vectors that are
-lost: it calls :meth:`IndexSync.drain` before a checkpoint (the pending
-vectors reach Qdrant or the error surfaces), and re-embeds the whole catalog
-after a restart.
+lost: it calls :meth:`IndexSync.drain` before a checkpoint, which returns
+only once everything queued has reached Qdrant, and re-embeds the whole
+catalog after a restart.
 
 Examples
 --------
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,20 +63,24 @@ class IndexSync:
         Vector dimension.
     max_points_per_write : int, default 2048
         Upper bound of one write, so that a drain makes progress in steps.
+    initial_backoff_s, max_backoff_s : float
+        Pause after a failed write, doubled per consecutive failure up to the maximum.
     """
 
     def __init__(self, index: VectorIndex, *, items: str, users: str, dim: int,
-                 max_points_per_write: int = 2048) -> None:
+                 max_points_per_write: int = 2048, initial_backoff_s: float = 0.5,
+                 max_backoff_s: float = 10.0) -> None:
         self.index = index
         self.items, self.users = items, users
         self.max_points_per_write = max_points_per_write
+        self.initial_backoff_s, self.max_backoff_s = initial_backoff_s, max_backoff_s
+        self.failed_writes = 0
         index.ensure_collection(items, dim)
         index.ensure_collection(users, dim)
         # kind -> id -> (vector, payload) or _DELETE; insertion order is write order
         self._pending: dict[str, dict[str, object]] = {"item": {}, "user": {}}
         self._lock = threading.Condition()
         self._busy = False
-        self._error: BaseException | None = None
         self._closed = False
         self.points_written = 0
         self._thread = threading.Thread(target=self._run, name="index-sync", daemon=True)
@@ -87,7 +97,6 @@ class IndexSync:
     def delete_items(self, ids: Sequence[str]) -> None:
         """Queue the removal of retired items."""
         with self._lock:
-            self._raise_error()
             for item_id in ids:
                 self._pending["item"].pop(item_id, None)
                 self._pending["item"][item_id] = _DELETE
@@ -99,14 +108,14 @@ class IndexSync:
             return sum(len(p) for p in self._pending.values())
 
     def drain(self, timeout_s: float | None = None) -> None:
-        """Wait until everything queued so far is written; re-raise a writer error."""
+        """Wait until everything queued so far is written (however long Qdrant is away,
+        unless ``timeout_s`` is given: then TimeoutError)."""
         with self._lock:
             done = self._lock.wait_for(
-                lambda: self._error is not None or (not self._busy and not any(self._pending.values())),
-                timeout=timeout_s)
-            self._raise_error()
+                lambda: not self._busy and not any(self._pending.values()), timeout=timeout_s)
             if not done:
-                raise TimeoutError(f"Qdrant writes still pending after {timeout_s} s")
+                raise TimeoutError(f"Qdrant writes still pending after {timeout_s} s "
+                                   f"({self.failed_writes} failed writes so far)")
 
     def close(self) -> None:
         """Write what is pending and stop the writer thread."""
@@ -124,18 +133,14 @@ class IndexSync:
         if len(ids) != len(vectors) or len(ids) != len(payloads):
             raise ValueError(f"{len(ids)} ids, {len(vectors)} vectors, {len(payloads)} payloads")
         with self._lock:
-            self._raise_error()
             pending = self._pending[kind]
             for item_id, vector, payload in zip(ids, vectors, payloads):
                 pending.pop(item_id, None)  # re-insert: the newest write goes last
                 pending[item_id] = (vector, payload)
             self._lock.notify_all()
 
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise RuntimeError("writing vectors to Qdrant failed") from self._error
-
     def _run(self) -> None:
+        backoff = self.initial_backoff_s
         while True:
             with self._lock:
                 self._lock.wait_for(lambda: self._closed or any(self._pending.values()))
@@ -145,17 +150,29 @@ class IndexSync:
                 self._busy = True
             try:
                 self._write(kind, work)
-            except BaseException as error:  # surfaced to the trainer by drain()/put
-                log.error("Qdrant write failed: %s", error)
-                with self._lock:
-                    self._error = error
-                    self._busy = False
-                    self._lock.notify_all()
-                return
+            except Exception as error:
+                self._put_back(kind, work)
+                log.warning("Qdrant write of %d points failed (%s); retrying in %.1f s",
+                            len(work), error, backoff)
+                time.sleep(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+                continue
+            backoff = self.initial_backoff_s
             with self._lock:
                 self._busy = False
                 self.points_written += len(work)
                 self._lock.notify_all()
+
+    def _put_back(self, kind: str, work: list) -> None:
+        with self._lock:
+            self.failed_writes += 1
+            pending = self._pending[kind]
+            newer = dict(pending)  # entries queued meanwhile are newer: they win
+            pending.clear()
+            pending.update((item_id, entry) for item_id, entry in work if item_id not in newer)
+            pending.update(newer)
+            self._busy = False
+            self._lock.notify_all()
 
     def _take(self) -> tuple[str, list]:
         kind = "item" if self._pending["item"] else "user"

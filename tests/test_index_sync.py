@@ -1,6 +1,8 @@
 """IndexSync: background writes reach Qdrant, coalesce per id, and surface failures."""
 
 
+import time
+
 import numpy as np
 import pytest
 
@@ -38,29 +40,54 @@ def test_delete_after_put_removes_the_point(index):
     sync.close()
 
 
-class FailingIndex:
-    """An index whose upserts fail after `ok` calls (Qdrant going away)."""
+class FlakyIndex:
+    """Wraps an index; its first `failures` writes fail (Qdrant going away and back)."""
 
-    def __init__(self, ok: int):
-        self.ok, self.calls = ok, 0
+    def __init__(self, index, failures: int):
+        self.index, self.failures = index, failures
 
     def ensure_collection(self, name, dim):
-        pass
+        self.index.ensure_collection(name, dim)
 
     def upsert(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls > self.ok:
+        if self.failures > 0:
+            self.failures -= 1
             raise ConnectionError("qdrant is down")
+        self.index.upsert(*args, **kwargs)
 
 
-def test_writer_failure_is_raised_by_drain_and_by_later_puts():
-    sync = IndexSync(FailingIndex(ok=0), items="items", users="users", dim=2)
+def test_failed_writes_are_retried_until_qdrant_is_back(index):
+    sync = IndexSync(FlakyIndex(index, failures=3), items="items", users="users", dim=2,
+                     initial_backoff_s=0.01)
+    sync.put_items(["a", "b"], np.eye(2), [{"v": 1}, {"v": 1}])
+    sync.drain(timeout_s=10)
+    assert sync.failed_writes == 3
+    assert index.count("items") == 2
+    sync.close()
+
+
+def test_drain_does_not_return_while_qdrant_is_down(index):
+    sync = IndexSync(FlakyIndex(index, failures=10**6), items="items", users="users", dim=2,
+                     initial_backoff_s=0.01, max_backoff_s=0.02)
     sync.put_items(["a"], np.ones((1, 2)), [{}])
-    with pytest.raises(RuntimeError, match="Qdrant") as raised:
-        sync.drain(timeout_s=10)
-    assert isinstance(raised.value.__cause__, ConnectionError)
-    with pytest.raises(RuntimeError):
-        sync.put_items(["b"], np.ones((1, 2)), [{}])
+    with pytest.raises(TimeoutError, match="still pending"):
+        sync.drain(timeout_s=0.5)
+    assert sync.pending() == 1 and sync.failed_writes >= 2
+    sync.index.failures = 0  # Qdrant is back: the same write goes through
+    sync.drain(timeout_s=10)
+    assert index.count("items") == 1
+    sync.close()
+
+
+def test_a_newer_vector_queued_during_a_failed_write_wins(index):
+    flaky = FlakyIndex(index, failures=1)
+    sync = IndexSync(flaky, items="items", users="users", dim=2, initial_backoff_s=0.2)
+    sync.put_items(["a"], np.array([[1.0, 0.0]]), [{"v": "old"}])
+    time.sleep(0.05)  # the first write is failing or waiting to retry
+    sync.put_items(["a"], np.array([[0.0, 1.0]]), [{"v": "new"}])
+    sync.drain(timeout_s=10)
+    assert index.search("items", [0.0, 1.0], limit=1)[0][2]["v"] == "new"
+    sync.close()
 
 
 def test_mismatched_lengths_are_rejected(index):
