@@ -246,6 +246,14 @@ class VectorIndex:
         by_point = {str(p.id): np.asarray(p.vector, dtype=np.float32) for p in points}
         return {i: by_point[point_id(i, kind)] for i in ids if point_id(i, kind) in by_point}
 
+    def retrieve_payloads(self, name: str, ids: Sequence[str], *,
+                          kind: str = "item") -> dict[str, dict]:
+        """Payloads of those ``ids`` that have a point."""
+        points = self._call(self.client.retrieve, name, ids=[point_id(i, kind) for i in ids],
+                            with_vectors=False, with_payload=True)
+        key = f"{kind}_id"
+        return {p.payload[key]: p.payload for p in points if key in p.payload}
+
     # -- search ------------------------------------------------------------------
 
     def search(self, name: str, vector: Sequence[float] | np.ndarray, limit: int,
