@@ -29,6 +29,7 @@ True
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -39,6 +40,7 @@ import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -399,3 +401,22 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
     except OSError:
         return ""
+
+
+@contextlib.contextmanager
+def running_broker(settings: Settings, say=print) -> Iterator[Settings]:
+    """``settings`` with a broker that answers: the configured one if it answers,
+    else the local broker, started here and stopped on exit."""
+    if wait_for_broker(settings, timeout_s=3):
+        yield settings
+        return
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        raise BrokerError(f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} does not answer")
+    say(f"starting the local Kafka broker on port {settings.broker_port} ...")
+    broker = LocalBroker.from_settings(settings)
+    broker.start()
+    try:
+        yield dataclasses.replace(settings, bootstrap_servers=broker.bootstrap_servers)
+    finally:
+        say("stopping the local Kafka broker")
+        broker.stop()

@@ -27,6 +27,7 @@ The topic layout that :func:`create_topics` asks for (no broker needed):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -354,3 +355,19 @@ def _quiet_kafka_logs() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def scratch_topics(settings: Settings, run_id: str, partitions: int | None = None) -> Iterator[Settings]:
+    """``settings`` with the five topics renamed ``{run_id}-<name>``, created on entry
+    and deleted on exit (demos and benchmarks that must not mix with earlier runs)."""
+    settings = dataclasses.replace(
+        settings, topic_exposures=f"{run_id}-exposures", topic_clicks=f"{run_id}-clicks",
+        topic_items=f"{run_id}-items", topic_users=f"{run_id}-users",
+        topic_dead_letters=f"{run_id}-dead-letters", consumer_group=run_id)
+    topics = create_topics(settings, partitions)
+    try:
+        yield settings
+    finally:
+        with admin_client(settings) as admin:
+            admin.delete_topics(topics, raise_errors=False)
