@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "decode": "consumers.bench_decode",
     "sampler": "consumers.bench_sampler",
     "replay": "consumers.bench_replay",
+    "train": "consumers.bench_train",
 }
 
 

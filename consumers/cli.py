@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "consumers.bench",
     "consumers.inspect",
     "consumers.replay",
+    "consumers.train",
+    "consumers.evaluate",
 ]
 
 

@@ -408,17 +408,14 @@ class _MeanPool(nn.Module):
 
     def __init__(self, rows: int, dim: int, sparse: bool) -> None:
         super().__init__()
-        self.table = nn.Embedding(rows, dim, sparse=sparse)
+        # padding_idx 0: missing slots take no part in the mean and get no gradient
+        self.table = nn.EmbeddingBag(rows, dim, mode="mean", sparse=sparse, padding_idx=0)
         nn.init.normal_(self.table.weight, std=0.1)
+        with torch.no_grad():
+            self.table.weight[0].zero_()
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        present = indices > 0
-        flat = indices[present]
-        rows = present.nonzero()[:, 0]
-        # sum only the present entries: cost follows the real history sizes, not the padding
-        summed = torch.zeros(indices.shape[0], self.table.embedding_dim,
-                             dtype=self.table.weight.dtype).index_add(0, rows, self.table(flat))
-        return summed / present.sum(dim=1, keepdim=True).clamp(min=1)
+        return self.table(indices)
 
 
 class _OneHot(nn.Module):

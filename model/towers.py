@@ -201,7 +201,8 @@ class Tower(nn.Module):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters with sparse gradients (for ``SparseAdam``)."""
-        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding) and m.sparse]
+        return [m.weight for m in self.modules()
+                if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """All other parameters (for ``Adam``/``AdamW``)."""
@@ -304,7 +305,8 @@ class TwoTower(nn.Module):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Embedding tables with sparse gradients (for ``SparseAdam``)."""
-        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding) and m.sparse]
+        return [m.weight for m in self.modules()
+                if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Every other parameter (for ``Adam``/``AdamW``)."""

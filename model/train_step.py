@@ -97,7 +97,7 @@ class TrainConfig:
     sparse_lr: float = 0.01
     dense_lr: float = 0.001
     weight_decay: float = 0.0
-    dat: DatConfig = field(default_factory=lambda: DatConfig(enabled=True))
+    dat: DatConfig = field(default_factory=DatConfig)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

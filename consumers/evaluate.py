@@ -1,0 +1,126 @@
+"""``recallstream eval offline``: train from scratch and score a published offline protocol.
+
+``--protocol recbole`` (per-user 8:1:1 split, early stopping on validation
+MRR@10, full ranking with seen items masked) or ``--protocol tfrs`` (80,000 /
+20,000 shuffled split, top-K share, nothing masked); both print the model's
+metrics, the most-popular baseline on the same split (``popularity_`` keys)
+and the settings used. ``--ablation`` runs the protocol once per variant (logQ
+off, each loss, DAT on, no history, ids only) and prints the headline metrics
+of each. ``eval`` is a command group so that ``eval stream`` can join it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+PROTOCOLS = ("recbole", "tfrs")
+ABLATIONS = ("default", "no_log_q", "triplet_hinge", "triplet_logistic", "pointwise",
+             "contrastive", "dat", "no_history", "ids_only")
+HEADLINE = {"recbole": ("recall@10", "ndcg@10", "mrr@10"), "tfrs": ("top10", "top50", "top100")}
+
+
+def add_parser(subparsers) -> None:
+    group = subparsers.add_parser("eval", help="evaluate the model (offline protocols)")
+    commands = group.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
+    parser = commands.add_parser(
+        "offline", parents=[subparsers.settings_parent],
+        help="train from scratch and score the recbole or tfrs protocol on MovieLens")
+    parser.add_argument("--dataset", default="ml-100k", help="ml-100k (default) or ml-1m")
+    parser.add_argument("--data-dir", default=None, help="folder with the dataset files")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="recbole")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="recbole: maximum epochs (early stopping); tfrs: epochs")
+    parser.add_argument("--ablation", nargs="*", choices=ABLATIONS, default=None,
+                        help="run these variants (all when none is named) and print their metrics")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args, settings) -> int:
+    from consumers.cli import print_json
+
+    variants = None if args.ablation is None else (args.ablation or list(ABLATIONS))
+    if variants is None:
+        result = evaluate(args, settings, "default")
+    else:
+        result = {"protocol": args.protocol, "variants": {}}
+        for variant in variants:
+            figures = evaluate(args, settings, variant)
+            keys = HEADLINE[args.protocol]
+            result["variants"][variant] = {
+                **{key: figures[key] for key in keys},
+                **{f"popularity_{key}": figures[f"popularity_{key}"] for key in keys},
+                "seconds": figures["settings"]["seconds"],
+                **({"best_epoch": figures["settings"]["best_epoch"]}
+                   if "best_epoch" in figures["settings"] else {}),
+            }
+    if args.json:
+        print_json(result)
+    else:
+        _print_table(result)
+    return 0
+
+
+def evaluate(args, settings, variant: str) -> dict:
+    """Run ``args.protocol`` with the model of ``variant``; the figures and settings used."""
+    from model.offline import (Interactions, OfflineSettings, run_recbole_protocol,
+                               run_tfrs_protocol)
+    from streaming.movielens import load_movielens
+
+    data = load_movielens(args.dataset, args.data_dir)
+    interactions = Interactions(data.ratings["user_id"], data.ratings["item_id"],
+                                data.ratings["timestamp"])
+    model_config, train_config, epochs = protocol_setup(args.protocol, variant)
+    if args.epochs is not None:
+        epochs = args.epochs
+    loop = OfflineSettings(seed=settings.seed, progress=not args.no_progress)
+    started = time.perf_counter()
+    common = dict(users=data.users, items=data.items, catalog=sorted(data.items),
+                  model_config=model_config, train_config=train_config, settings=loop)
+    if args.protocol == "recbole":
+        figures = run_recbole_protocol(interactions, max_epochs=epochs, **common)
+    else:
+        figures = run_tfrs_protocol(interactions, epochs=epochs, **common)
+    figures["settings"].update(dataset=args.dataset, variant=variant,
+                               seconds=round(time.perf_counter() - started, 1))
+    return figures
+
+
+def protocol_setup(protocol: str, variant: str = "default"):
+    """Model config, train config and epochs of a protocol run and ablation variant."""
+    from model.dat import DatConfig
+    from model.towers import movielens_config
+    from model.train_step import LOSSES, TrainConfig
+
+    model_config = movielens_config()
+    train_config = TrainConfig()
+    epochs = 40 if protocol == "recbole" else 10
+    if variant == "no_log_q":
+        train_config = dataclasses.replace(train_config, use_log_q=False)
+    elif variant in LOSSES:
+        train_config = dataclasses.replace(train_config, loss=variant)
+    elif variant == "dat":
+        model_config = dataclasses.replace(model_config, augmented=True)
+        train_config = dataclasses.replace(train_config, dat=DatConfig(enabled=True))
+    elif variant == "no_history":
+        model_config = model_config.without("history")
+    elif variant == "ids_only":
+        keep = {"user_id", "item_id"}
+        model_config = model_config.without(
+            *[s.name for s in model_config.user_features + model_config.item_features
+              if s.name not in keep])
+    elif variant != "default":
+        raise ValueError(f"unknown variant {variant!r}")
+    return model_config, train_config, epochs
+
+
+def _print_table(result: dict) -> None:
+    if "variants" not in result:
+        for key, value in result.items():
+            if key != "settings":
+                print(f"{key:<24} {value}")
+        return
+    for variant, figures in result["variants"].items():
+        print(f"{variant:<18} " + "  ".join(f"{k}={v}" for k, v in figures.items()))
