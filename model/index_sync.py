@@ -65,16 +65,23 @@ class IndexSync:
         Upper bound of one write, so that a drain makes progress in steps.
     initial_backoff_s, max_backoff_s : float
         Pause after a failed write, doubled per consecutive failure up to the maximum.
+    min_interval_s : float, default 0
+        Least time between the starts of two writes. Vectors queued meanwhile
+        coalesce, so a hot item is written once per interval instead of once per
+        batch: embedded Qdrant spends Python time per point, which the trainer
+        feels through the GIL. :meth:`drain` does not wait for the interval.
     """
 
     def __init__(self, index: VectorIndex, *, items: str, users: str, dim: int,
                  max_points_per_write: int = 2048, initial_backoff_s: float = 0.5,
-                 max_backoff_s: float = 10.0) -> None:
+                 max_backoff_s: float = 10.0, min_interval_s: float = 0.0) -> None:
         self.index = index
         self.items, self.users = items, users
         self.max_points_per_write = max_points_per_write
         self.initial_backoff_s, self.max_backoff_s = initial_backoff_s, max_backoff_s
         self.failed_writes = 0
+        self.min_interval_s = min_interval_s
+        self._draining = 0
         index.ensure_collection(items, dim)
         index.ensure_collection(users, dim)
         # kind -> id -> (vector, payload) or _DELETE; insertion order is write order
@@ -111,8 +118,13 @@ class IndexSync:
         """Wait until everything queued so far is written (however long Qdrant is away,
         unless ``timeout_s`` is given: then TimeoutError)."""
         with self._lock:
-            done = self._lock.wait_for(
-                lambda: not self._busy and not any(self._pending.values()), timeout=timeout_s)
+            self._draining += 1
+            self._lock.notify_all()
+            try:
+                done = self._lock.wait_for(
+                    lambda: not self._busy and not any(self._pending.values()), timeout=timeout_s)
+            finally:
+                self._draining -= 1
             if not done:
                 raise TimeoutError(f"Qdrant writes still pending after {timeout_s} s "
                                    f"({self.failed_writes} failed writes so far)")
@@ -141,9 +153,14 @@ class IndexSync:
 
     def _run(self) -> None:
         backoff = self.initial_backoff_s
+        last_write = float("-inf")
         while True:
             with self._lock:
+                self._lock.wait_for(lambda: self._closed or self._draining or
+                                    time.monotonic() - last_write >= self.min_interval_s,
+                                    timeout=max(0.0, last_write + self.min_interval_s - time.monotonic()))
                 self._lock.wait_for(lambda: self._closed or any(self._pending.values()))
+                last_write = time.monotonic()
                 if not any(self._pending.values()):
                     return  # closed and nothing left
                 kind, work = self._take()

@@ -63,6 +63,8 @@ class Settings:
     checkpoint_every_s: float = _setting(30.0, "checkpoint at least this often (seconds)")
     reembed_every_batches: int = _setting(
         20, "re-embed every catalog item into Qdrant after this many batches (dense layers move)")
+    qdrant_write_interval_s: float = _setting(
+        0.25, "least seconds between two vector writes to Qdrant (updates coalesce meanwhile)")
     align_window_ms: int = _setting(
         100, "record-timestamp window that orders records across partitions deterministically")
     metrics_port: int = _setting(8000, "port of the Prometheus /metrics endpoint (0: off)")

@@ -95,3 +95,27 @@ def test_mismatched_lengths_are_rejected(index):
     with pytest.raises(ValueError, match="2 ids, 1 vectors"):
         sync.put_items(["a", "b"], np.ones((1, 2)), [{}, {}])
     sync.close()
+
+
+class CountingIndex(FlakyIndex):
+    def __init__(self, index):
+        super().__init__(index, failures=0)
+        self.writes = 0
+
+    def upsert(self, *args, **kwargs):
+        self.writes += 1
+        super().upsert(*args, **kwargs)
+
+
+def test_min_interval_coalesces_updates_of_hot_items(index):
+    counting = CountingIndex(index)
+    sync = IndexSync(counting, items="items", users="users", dim=2, min_interval_s=0.3)
+    started = time.monotonic()
+    for step in range(30):  # one hot item, updated every 10 ms for 0.3 s
+        sync.put_items(["hot"], np.array([[1.0, step]]), [{"step": step}])
+        time.sleep(0.01)
+    sync.drain(timeout_s=5)  # a drain writes at once, without waiting for the interval
+    assert time.monotonic() - started < 1.0
+    assert counting.writes <= 3
+    assert index.search("items", [1.0, 0.0], limit=1)[0][2]["step"] == 29
+    sync.close()
