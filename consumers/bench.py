@@ -12,6 +12,8 @@ import importlib
 
 # benchmark name -> module; each module has add_arguments(parser) and run(args, settings) -> dict
 BENCHMARKS: dict[str, str] = {
+    "pipeline": "consumers.bench_pipeline",
+    "freshness": "consumers.bench_freshness",
     "broker": "consumers.bench_broker",
     "popularity": "consumers.bench_popularity",
     "qdrant": "consumers.bench_qdrant",
