@@ -1,12 +1,15 @@
 """``recallstream train``: train the towers from scratch on a dataset and write a snapshot.
 
-Trains on every rating of the dataset for ``--epochs`` epochs with the default
-model (the one ``eval offline`` scores), shows a progress bar, and writes a
+Trains on every rating of the dataset for ``--epochs`` epochs with a model
+variant of ``eval offline`` (by default the full feature towers with history),
+shows a progress bar, and writes a
 snapshot folder (weights with feature state, configs, data range) that
 :func:`model.snapshot.load_snapshot` reads back.
 """
 
 from __future__ import annotations
+
+from consumers.evaluate import ABLATIONS
 
 
 def add_parser(subparsers) -> None:
@@ -17,6 +20,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--data-dir", default=None, help="folder with the dataset files")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     parser.add_argument("--out", default="var/snapshots/latest", help="snapshot folder to write")
+    parser.add_argument("--variant", default="features_history", choices=ABLATIONS,
+                        help="model variant of `eval offline --ablation` (default features_history:"
+                             " content features keep new items retrievable before their first click)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(func=run)
 
@@ -25,8 +31,7 @@ def run(args, settings) -> int:
     from consumers.cli import print_json
     from model.offline import Interactions, OfflineSettings, OfflineTrainer
     from model.snapshot import save_snapshot
-    from model.towers import movielens_config
-    from model.train_step import TrainConfig
+    from consumers.evaluate import protocol_setup
     from streaming.movielens import load_movielens
 
     if args.epochs < 1:
@@ -34,9 +39,11 @@ def run(args, settings) -> int:
     data = load_movielens(args.dataset, args.data_dir)
     ratings = data.ratings
     interactions = Interactions(ratings["user_id"], ratings["item_id"], ratings["timestamp"])
-    train_config = TrainConfig()
-    trainer = OfflineTrainer(movielens_config(), train_config, users=data.users, items=data.items,
-                             catalog=sorted(data.items), settings=OfflineSettings(seed=settings.seed))
+    model_config, train_config, _, history_dropout = protocol_setup("recbole", args.variant)
+    trainer = OfflineTrainer(model_config, train_config, users=data.users, items=data.items,
+                             catalog=sorted(data.items),
+                             settings=OfflineSettings(seed=settings.seed,
+                                                      history_dropout=history_dropout))
     trainer.fit_history(interactions)
     losses = [round(trainer.train_epoch(interactions), 4) for _ in range(args.epochs)]
     data_range = {
@@ -47,7 +54,7 @@ def run(args, settings) -> int:
     path = save_snapshot(args.out, trainer.model, train_config=train_config,
                          optimizers=trainer.optimizers, data_range=data_range,
                          metadata={"epochs": args.epochs, "epoch_losses": losses,
-                                   "seed": settings.seed})
+                                   "seed": settings.seed, "variant": args.variant})
     summary = {"snapshot": str(path), "epochs": args.epochs, "epoch_losses": losses, **data_range}
     if args.json:
         print_json(summary)

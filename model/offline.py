@@ -81,16 +81,24 @@ class Interactions:
 
 @dataclass(frozen=True)
 class OfflineSettings:
-    """Loop settings: batch size, seed, threads, progress bar."""
+    """Loop settings: batch size, seed, threads, progress bar, history dropout.
+
+    ``history_dropout`` hides each history item of a training row with this
+    probability (a denoising input, as in Mult-DAE), so the towers learn to
+    recover a user's items from part of their history instead of memorising it.
+    """
 
     batch_size: int = 1024
     seed: int = 2020
     num_threads: int = 2
     progress: bool = True
+    history_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise ValueError(f"history_dropout must be in [0, 1), got {self.history_dropout}")
 
 
 def seed_everything(seed: int, num_threads: int | None = None) -> None:
@@ -133,6 +141,7 @@ class OfflineTrainer:
         self.item_inputs = self.model.encode_items(self.catalog.tolist(), items)
         self.categories = torch.from_numpy(_primary_categories(self.catalog, items))
         self._rng = np.random.default_rng(settings.seed)
+        self._torch_rng = torch.Generator().manual_seed(settings.seed)
         self._user_row: dict[str, int] = {}
         self._user_inputs: dict[str, torch.Tensor] = {}
         self._history_codes = torch.zeros(0, 0, dtype=torch.long)
@@ -185,14 +194,19 @@ class OfflineTrainer:
 
     # --- batches --------------------------------------------------------------------------
 
-    def user_inputs(self, rows: torch.Tensor, exclude_codes: torch.Tensor | None = None) -> dict:
-        """Encoded inputs of user ``rows``; ``exclude_codes`` removes each row's item from its history."""
+    def user_inputs(self, rows: torch.Tensor, exclude_codes: torch.Tensor | None = None,
+                    history_dropout: float = 0.0) -> dict:
+        """Encoded inputs of user ``rows``; ``exclude_codes`` removes each row's item from its
+        history, ``history_dropout`` hides each other history item with that probability."""
         inputs = {name: tensor[rows] for name, tensor in self._user_inputs.items()}
         spec = self._history_spec()
         if spec is not None:
             codes = self._history_codes[rows]
             if exclude_codes is not None:
                 codes = codes.masked_fill(codes == exclude_codes[:, None], -1)
+            if history_dropout > 0:
+                hidden = torch.rand(codes.shape, generator=self._torch_rng) < history_dropout
+                codes = codes.masked_fill(hidden, -1)
             buckets = self.item_inputs[ITEM_ID] if ITEM_ID in self.item_inputs else None
             inputs[spec.name] = self._history_buckets(spec, codes, buckets)
         return inputs
@@ -213,7 +227,8 @@ class OfflineTrainer:
         users = torch.from_numpy(user_rows[train_rows])
         items = torch.from_numpy(codes[train_rows])
         return Batch(
-            user_inputs=self.user_inputs(users, exclude_codes=items),
+            user_inputs=self.user_inputs(users, exclude_codes=items,
+                                         history_dropout=self.settings.history_dropout),
             item_inputs={name: tensor[items] for name, tensor in self.item_inputs.items()},
             item_ids=items, log_q=self._log_q[items], categories=self.categories[items])
 
@@ -342,6 +357,7 @@ def run_recbole_protocol(data: Interactions, *, users: Mapping[str, Mapping],
             "early_stopping_metric": f"valid mrr@{k}",
             "model": model_config.to_dict(), "train": train_config.to_dict(),
             "batch_size": settings.batch_size, "seed": settings.seed,
+            "history_dropout": settings.history_dropout,
         },
     }
 
@@ -380,6 +396,7 @@ def run_tfrs_protocol(data: Interactions, *, users: Mapping[str, Mapping],
             "split_seed": split_seed, "items_ranked": len(trainer.catalog), "masked": "nothing",
             "epochs": epochs, "model": model_config.to_dict(), "train": train_config.to_dict(),
             "batch_size": settings.batch_size, "seed": settings.seed,
+            "history_dropout": settings.history_dropout,
         },
     }
 

@@ -62,7 +62,9 @@ class TowerConfig:
         Feature specs of each tower; the user tower reads records keyed by
         ``user_id`` (plus ``history``), the item tower records keyed by ``item_id``.
     hidden
-        Hidden layer sizes of each tower's MLP (``()``: a single linear layer).
+        Hidden layer sizes of each tower's MLP (``()``: a single linear layer;
+        ``None``: no MLP, the concatenated features are the output, so their
+        total width must be ``output_dim``).
     output_dim
         Size of the user and item vectors.
     similarity
@@ -71,6 +73,10 @@ class TowerConfig:
         Share the MLP between the towers (both inputs must have the same width).
     dropout
         Dropout after each hidden layer, in training mode.
+    residual_ids
+        Add the id embedding (``user_id`` / ``item_id``, of size ``output_dim``) to
+        the MLP output: the id path stays a plain matrix factorisation and the
+        other features learn a correction on top of it.
     augmented
         Dual Augmented Two-tower: a learned vector per user / item id bucket
         (:class:`model.dat.AugmentedVectors`) concatenated to each tower's input.
@@ -84,20 +90,22 @@ class TowerConfig:
 
     user_features: tuple[FeatureSpec, ...]
     item_features: tuple[FeatureSpec, ...]
-    hidden: tuple[int, ...] = (256,)
+    hidden: tuple[int, ...] | None = (256,)
     output_dim: int = 64
     similarity: str = "cosine"
     shared: bool = False
     dropout: float = 0.0
+    residual_ids: bool = False
     augmented: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "user_features", tuple(self.user_features))
         object.__setattr__(self, "item_features", tuple(self.item_features))
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.hidden is not None:
+            object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.similarity not in ("cosine", "dot"):
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {self.similarity!r}")
-        if self.output_dim < 1 or any(h < 1 for h in self.hidden):
+        if self.output_dim < 1 or any(h < 1 for h in self.hidden or ()):
             raise ValueError("output_dim and hidden sizes must be positive")
         if not self.user_features or not self.item_features:
             raise ValueError("each tower needs at least one feature")
@@ -108,9 +116,9 @@ class TowerConfig:
         return {
             "user_features": [spec_to_dict(s) for s in self.user_features],
             "item_features": [spec_to_dict(s) for s in self.item_features],
-            "hidden": list(self.hidden), "output_dim": self.output_dim,
+            "hidden": None if self.hidden is None else list(self.hidden), "output_dim": self.output_dim,
             "similarity": self.similarity, "shared": self.shared, "dropout": self.dropout,
-            "augmented": self.augmented,
+            "residual_ids": self.residual_ids, "augmented": self.augmented,
         }
 
     @classmethod
@@ -136,7 +144,8 @@ class TowerConfig:
 
 def movielens_config(*, id_buckets: int = 1 << 17, output_dim: int = 64, hidden=(256,),
                      history_length: int = 100, similarity: str = "cosine",
-                     dropout: float = 0.0, augmented: bool = False) -> TowerConfig:
+                     dropout: float = 0.0, residual_ids: bool = False,
+                     augmented: bool = False) -> TowerConfig:
     """MovieLens defaults: user id, age, gender, occupation, zip prefix, recent history;
     item id, genres, release year, title tokens.
 
@@ -160,8 +169,9 @@ def movielens_config(*, id_buckets: int = 1 << 17, output_dim: int = 64, hidden=
                 boundaries=(1960, 1970, 1980, 1990, 1995)),
         MultiCategorical("title_tokens", 8192, 16, max_values=10, source="title"),
     )
-    return TowerConfig(user, item, hidden=tuple(hidden), output_dim=output_dim,
-                       similarity=similarity, dropout=dropout, augmented=augmented)
+    return TowerConfig(user, item, hidden=hidden, output_dim=output_dim,
+                       similarity=similarity, dropout=dropout, residual_ids=residual_ids,
+                       augmented=augmented)
 
 
 class Tower(nn.Module):
@@ -178,8 +188,10 @@ class Tower(nn.Module):
 
     def __init__(self, features: Sequence[FeatureSpec], *, hidden: Sequence[int] = (256,),
                  output_dim: int = 64, normalize: bool = True, dropout: float = 0.0,
-                 mlp: nn.Module | None = None, extra_dim: int = 0) -> None:
+                 mlp: nn.Module | None = None, extra_dim: int = 0,
+                 residual: str | None = None) -> None:
         super().__init__()
+        self.residual = residual
         self.specs = tuple(features)
         self.blocks = nn.ModuleDict({spec.name: spec.build() for spec in self.specs})
         self.input_dim = sum(spec.output_dim for spec in self.specs) + extra_dim
@@ -193,6 +205,8 @@ class Tower(nn.Module):
         if extra is not None:
             blocks.append(extra)
         out = self.mlp(torch.cat(blocks, dim=1))
+        if self.residual is not None:
+            out = out + blocks[[s.name for s in self.specs].index(self.residual)]
         return F.normalize(out, dim=1) if self.normalize else out
 
     def encode(self, records: Sequence[Mapping]) -> dict[str, torch.Tensor]:
@@ -224,15 +238,21 @@ class TwoTower(nn.Module):
         self.config = config
         normalize = config.similarity == "cosine"
         extra = config.output_dim if config.augmented else 0
+        self.user_id_feature = _id_feature(config.user_features, USER_ID)
+        self.item_id_feature = _id_feature(config.item_features, ITEM_ID)
+        if config.residual_ids and not all(
+                f is not None and f.dim == config.output_dim
+                for f in (self.user_id_feature, self.item_id_feature)):
+            raise ValueError("residual_ids needs user_id and item_id features of size output_dim")
         self.user_tower = Tower(config.user_features, hidden=config.hidden,
                                 output_dim=config.output_dim, normalize=normalize,
-                                dropout=config.dropout, extra_dim=extra)
+                                dropout=config.dropout, extra_dim=extra,
+                                residual=USER_ID if config.residual_ids else None)
         shared_mlp = self.user_tower.mlp if config.shared else None
         self.item_tower = Tower(config.item_features, hidden=config.hidden,
                                 output_dim=config.output_dim, normalize=normalize,
-                                dropout=config.dropout, mlp=shared_mlp, extra_dim=extra)
-        self.user_id_feature = _id_feature(config.user_features, USER_ID)
-        self.item_id_feature = _id_feature(config.item_features, ITEM_ID)
+                                dropout=config.dropout, mlp=shared_mlp, extra_dim=extra,
+                                residual=ITEM_ID if config.residual_ids else None)
         if config.augmented and (self.user_id_feature is None or self.item_id_feature is None):
             raise ValueError(f"augmented towers need Categorical {USER_ID!r} and {ITEM_ID!r} features")
         if config.augmented:
@@ -324,7 +344,11 @@ class TwoTower(nn.Module):
         return torch.cat(parts) if parts else torch.zeros(0, self.config.output_dim)
 
 
-def _mlp(input_dim: int, hidden: Sequence[int], output_dim: int, dropout: float) -> nn.Sequential:
+def _mlp(input_dim: int, hidden: Sequence[int] | None, output_dim: int, dropout: float) -> nn.Module:
+    if hidden is None:
+        if input_dim != output_dim:
+            raise ValueError(f"a tower without MLP needs input width {input_dim} == output_dim {output_dim}")
+        return nn.Identity()
     layers: list[nn.Module] = []
     width = input_dim
     for size in hidden:

@@ -40,7 +40,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -48,7 +48,8 @@ import torch
 from model.dat import DatConfig, dat_auxiliary_loss
 from model.losses import (contrastive_margin, in_batch_softmax, pointwise_bce, triplet_hinge,
                           triplet_logistic)
-from model.towers import TwoTower
+from model.hashing import bucketize
+from model.towers import ITEM_ID, TwoTower
 
 __all__ = ["Batch", "LOSSES", "Optimizers", "TrainConfig", "compute_loss", "train_step"]
 
@@ -150,6 +151,33 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.item_ids.shape[0])
+
+    @classmethod
+    def from_ids(cls, model: TwoTower, user_ids: Sequence[str], item_ids: Sequence[str], *,
+                 users: Mapping[str, Mapping], items: Mapping[str, Mapping],
+                 histories: Sequence[Sequence[str]] | None = None,
+                 log_q: Sequence[float] | torch.Tensor | None = None) -> "Batch":
+        """Encode positives ``(user_ids[k], item_ids[k])`` from raw ids and feature dicts.
+
+        ``histories[k]`` is user k's recent items *before* this click; accidental
+        hits are detected on the hashed item id.
+
+        Examples
+        --------
+        >>> from model.towers import movielens_config
+        >>> model = TwoTower(movielens_config(output_dim=8, hidden=(16,), id_buckets=1000))
+        >>> batch = Batch.from_ids(model, ["u1", "u2"], ["i1", "i1"], users={}, items={},
+        ...                        histories=[["i9"], []], log_q=[-1.0, -1.0])
+        >>> len(batch), bool(batch.item_ids[0] == batch.item_ids[1])
+        (2, True)
+        """
+        item_inputs = model.encode_items(item_ids, items)
+        codes = item_inputs.get(ITEM_ID)
+        if codes is None:
+            codes = torch.from_numpy(bucketize(item_ids, 1 << 62, key=ITEM_ID))
+        return cls(user_inputs=model.encode_users(user_ids, users, histories),
+                   item_inputs=item_inputs, item_ids=codes,
+                   log_q=None if log_q is None else torch.as_tensor(log_q, dtype=torch.float32))
 
 
 class Optimizers:
