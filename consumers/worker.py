@@ -119,8 +119,7 @@ class Worker:
         lock = OwnerLock(self.settings.checkpoint_dir).acquire(self.options.lock_timeout_s)
         try:
             self.store = CheckpointStore(self.settings.checkpoint_dir)
-            if self.settings.metrics_port:
-                start_http_server(self.settings.metrics_port)
+            serve_metrics(self.settings.metrics_port)
             self._open()
             try:
                 self._loop()
@@ -149,7 +148,9 @@ class Worker:
         state = self.store.load_latest()
         if state is not None:
             self._restore(state)
-        self.prefetcher = Prefetcher(self.ingestor)
+        # a few polls ahead are enough to overlap ingestion with training; more would only
+        # lengthen the drain before each checkpoint (and a graceful stop)
+        self.prefetcher = Prefetcher(self.ingestor, max_queued=4)
         self.index = self._given_index or VectorIndex.connect(s.qdrant, s.qdrant_api_key or None)
         self.sync = IndexSync(self.index, items=s.collection_items, users=s.collection_users,
                               dim=self.learner.dim, min_interval_s=s.qdrant_write_interval_s)
@@ -346,6 +347,17 @@ class Worker:
         sys.stderr.flush()
 
 
+_METRICS_PORTS: set[int] = set()
+
+
+def serve_metrics(port: int) -> None:
+    """Serve /metrics on ``port`` (0: not at all), once per process: a worker that runs
+    again in the same process (tests, the demo) keeps the endpoint it had."""
+    if port and port not in _METRICS_PORTS:
+        start_http_server(port)
+        _METRICS_PORTS.add(port)
+
+
 def set_training_threads() -> int:
     """Leave one core to the ingestion thread: torch gets the others (at least one).
 
@@ -381,6 +393,7 @@ def add_parser(subparsers) -> None:
 def run(args, settings: Settings) -> int:
     from consumers.cli import print_json
     from model.checkpoint import CheckpointLocked
+    from streaming.prefetch import StalledIngestion
 
     worker = Worker(settings, WorkerOptions(exit_when_idle_s=args.exit_when_idle,
                                             max_batches=args.max_batches,
@@ -393,6 +406,10 @@ def run(args, settings: Settings) -> int:
     except CheckpointLocked as error:
         print(f"recallstream worker: {error}", flush=True)
         return 3
+    except StalledIngestion as error:
+        print(f"recallstream worker: {error}; restart it: it resumes from its last checkpoint",
+              flush=True)
+        return 4
     if args.json:
         print_json(report)
     else:

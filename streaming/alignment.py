@@ -90,18 +90,33 @@ class RecordAligner:
             return len(self._buffers.get(tp, ()))
         return sum(len(b) for b in self._buffers.values())
 
-    def release(self, caught_up: Callable[[Hashable], bool]) -> list[dict[Hashable, list]]:
-        """Every closed window, oldest first, each as partition -> records.
+    def release(self, caught_up: Callable[[Hashable], bool],
+                max_records: int | None = None) -> list[dict[Hashable, list]]:
+        """Closed windows, oldest first, each as partition -> records.
 
         ``caught_up(tp)`` says whether everything the partition holds up to
-        its high watermark has been added here.
+        its high watermark has been added here. With ``max_records``, stops
+        after the window that reaches that many records (the rest stay for the
+        next call, in the same order).
         """
         groups = []
-        while True:
+        released = 0
+        while max_records is None or released < max_records:
             end = self._oldest_window_end()
             if end is None or not all(self._passed(tp, end, caught_up) for tp in self._buffers):
-                return groups
+                break
             groups.append(self._take_below(end))
+            released += sum(len(records) for records in groups[-1].values())
+        return groups
+
+    def overfull(self, limit: int) -> set[Hashable]:
+        """Partitions holding more than ``limit`` records that do not hold the oldest
+        window back: pausing their fetches bounds memory and cannot stall the release."""
+        end = self._oldest_window_end()
+        if end is None:
+            return set()
+        return {tp for tp, buffer in self._buffers.items()
+                if len(buffer) > limit and self._max_ts.get(tp, -1) >= end}
 
     def clear(self) -> None:
         """Forget every buffered record (after seeking the consumer elsewhere)."""

@@ -55,6 +55,10 @@ from streaming.kafka_io import (DEAD_LETTERS_MAX_MESSAGE_BYTES, make_consumer, m
 from streaming.settings import Settings
 
 _STATE_VERSION = 1
+# With an aligner: records handed on per poll at most (whole windows, so a poll may exceed
+# it by one window), and records buffered per partition before its fetches pause.
+ALIGNED_RECORDS_PER_POLL = 2_000
+ALIGNER_BUFFER_PER_PARTITION = 20_000
 # Handling order of the kinds within one poll (see the module docstring).
 _KIND_ORDER = {"items": 0, "users": 1, "exposures": 2, "clicks": 3}
 
@@ -166,13 +170,25 @@ class StreamIngestor:
         if self._aligner is None:
             return self.handle(batches)
         self._aligner.add(batches)
+        self._pause_partitions_ahead()
         out = Ingested()
-        for group in self._aligner.release(caught_up=self._fetched_to_end):
+        for group in self._aligner.release(caught_up=self._fetched_to_end,
+                                           max_records=ALIGNED_RECORDS_PER_POLL):
             handled = self.handle(group)
             out.positives += handled.positives
             out.entities += handled.entities
             out.records += handled.records
         return out
+
+    def _pause_partitions_ahead(self) -> None:
+        # A partition far ahead of the others in record time waits (paused fetches)
+        # for them, instead of filling memory while its windows cannot close.
+        ahead = self._aligner.overfull(ALIGNER_BUFFER_PER_PARTITION)
+        paused = set(self._consumer.paused())
+        if ahead - paused:
+            self._consumer.pause(*(ahead - paused))
+        if paused - ahead:
+            self._consumer.resume(*(paused - ahead))
 
     def caught_up(self) -> bool:
         """True when every partition is read to its last known end and nothing is

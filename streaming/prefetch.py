@@ -43,11 +43,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-_EMPTY = object()
+
+
+class StalledIngestion(RuntimeError):
+    """The polling thread is stuck inside one poll (restart from the checkpoint)."""
 
 
 class Prefetcher:
@@ -60,14 +64,22 @@ class Prefetcher:
         Polls queued at most; the thread waits when the trainer is this far behind.
     poll_timeout_s : float
         Timeout of each poll (how quickly a pause or close is noticed).
+    stall_timeout_s : float
+        A poll that has not returned after this long is a stall: :meth:`get`
+        raises instead of waiting forever, so the process can restart from its
+        checkpoint (kafka-python 3.0 polls were seen to hang, very rarely, under
+        heavy load; see the README).
     """
 
-    def __init__(self, ingestor: Any, max_queued: int = 32, poll_timeout_s: float = 0.1) -> None:
+    def __init__(self, ingestor: Any, max_queued: int = 32, poll_timeout_s: float = 0.1,
+                 stall_timeout_s: float = 120.0) -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be >= 1, got {max_queued}")
         self.ingestor = ingestor
         self.max_queued = max_queued
         self.poll_timeout_s = poll_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self._poll_started = 0.0
         self._queue: deque = deque()
         self._cond = threading.Condition()
         self._pause_requests = 0
@@ -93,6 +105,8 @@ class Prefetcher:
                 self._cond.notify_all()
                 return item
             self._raise_error()
+            if self._polling and time.monotonic() - self._poll_started > self.stall_timeout_s:
+                raise StalledIngestion(f"a Kafka poll has not returned for {self.stall_timeout_s} s")
             return None
 
     def caught_up(self) -> bool:
@@ -135,6 +149,7 @@ class Prefetcher:
                 if self._closed:
                     return
                 self._polling = True
+                self._poll_started = time.monotonic()
             try:
                 result = self.ingestor.poll(timeout_s=self.poll_timeout_s)
                 caught_up = self.ingestor.caught_up()

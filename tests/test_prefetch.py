@@ -88,3 +88,21 @@ def test_an_ingestion_error_reaches_the_trainer_after_the_results_before_it():
         prefetcher.get(timeout_s=5)
     assert isinstance(raised.value.__cause__, ConnectionError)
     prefetcher.close()
+
+
+class HangingIngestor(CountingIngestor):
+    def poll(self, timeout_s):
+        if self.n == 2:
+            time.sleep(3600)  # a poll that never returns
+        return super().poll(timeout_s)
+
+
+def test_a_poll_that_never_returns_is_reported_as_a_stall():
+    from streaming.prefetch import StalledIngestion
+
+    prefetcher = Prefetcher(HangingIngestor(), max_queued=8, stall_timeout_s=0.3)
+    prefetcher.start()
+    assert [prefetcher.get(timeout_s=5), prefetcher.get(timeout_s=5)] == [1, 2]
+    time.sleep(0.4)
+    with pytest.raises(StalledIngestion, match="has not returned"):
+        prefetcher.get(timeout_s=0.1)

@@ -13,26 +13,34 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import orjson
 import pytest
 import torch
 
 from consumers.checkpoint_cmd import summarize
+from consumers.local_kafka import free_port
 from consumers.replay import ReplayPlan, publish
 from consumers.worker import Worker, WorkerOptions
 from model.checkpoint import CheckpointStore
 from model.vector_index import VectorIndex
+from streaming.kafka_io import read_topic
 from streaming.movielens import load_movielens
 
 CLICKS = 20_000
 BATCH = 500  # divides CLICKS: no partial batch whose flush time could differ between runs
+# Poison mixed into the stream: each must be dead-lettered, none may stop the worker.
+POISON = [b"{not json", b'{"event_id": "x", "ts": NaN}', b"[1, 2, 3]", b"",
+          b'{"event_id": "p", "ts": 1.0, "user_id": "", "item_id": "1", "impression_id": "i"}',
+          b'{"event_id": "p", "ts": "yesterday", "user_id": "1", "item_id": "1", "impression_id": "i"}',
+          b"\xff\xfe binary", b'{"event_id": "big", "pad": "' + b"x" * (1 << 20) + b'"}']
 
 
 @pytest.fixture(scope="module")
 def stream(kafka_settings, tmp_path_factory):
     """Topics holding the replay of the first CLICKS ratings (module-wide: replayed once)."""
-    from streaming.kafka_io import create_topics
+    from streaming.kafka_io import create_topics, make_producer
 
     prefix = f"worker-{os.getpid()}-{random.randrange(1 << 30)}"
     settings = dataclasses.replace(
@@ -45,6 +53,11 @@ def stream(kafka_settings, tmp_path_factory):
     create_topics(settings)
     summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=CLICKS), settings, progress=False)
     assert (summary.clicks, summary.failed) == (CLICKS, 0)
+    producer = make_producer(settings)
+    for n, value in enumerate(POISON):
+        producer.send(settings.topic_clicks, key=f"poison-{n}".encode(), value=value)
+    producer.flush()
+    producer.close()
     return settings
 
 
@@ -53,18 +66,21 @@ def with_checkpoints(settings, path) -> object:
 
 
 def test_worker_trains_every_click_once_and_fills_qdrant(stream, tmp_path):
-    settings = with_checkpoints(stream, tmp_path / "ckpt")
+    settings = dataclasses.replace(with_checkpoints(stream, tmp_path / "ckpt"),
+                                   metrics_port=free_port())
     index = VectorIndex.connect(":memory:")
     report = Worker(settings, WorkerOptions(exit_when_idle_s=3.0), index=index).run()
 
     assert report["clicks_trained"] == CLICKS
     assert report["batches"] == CLICKS // BATCH
     assert report["exposures_seen"] == 4 * CLICKS
-    assert report["dead_lettered"] == 0
+    assert report["dead_lettered"] == len(POISON)
+    dead = list(read_topic(settings, settings.topic_dead_letters))
+    assert len(dead) == len(POISON) and all(orjson.loads(r.value)["reason"] for r in dead)
     assert index.count(settings.collection_items) == 1682
     summary = summarize(CheckpointStore(settings.checkpoint_dir).load_latest(), "")
     assert summary["clicks_trained"] == CLICKS
-    assert sum(summary["offsets"][settings.topic_clicks].values()) == CLICKS
+    assert sum(summary["offsets"][settings.topic_clicks].values()) == CLICKS + len(POISON)
 
     # recall with nothing but a user id: Qdrant looks the user's vector up itself
     ml = load_movielens("ml-100k")
@@ -72,6 +88,9 @@ def test_worker_trains_every_click_once_and_fills_qdrant(stream, tmp_path):
     recall = index.search_by_point_id(settings.collection_items, settings.collection_users,
                                       active_user, limit=10)
     assert len(recall) == 10 and all(item_id for item_id, _, _ in recall)
+    # the worker's /metrics (Prometheus text format) counted the same clicks
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics").read()
+    assert f"recallstream_clicks_trained_total {float(CLICKS)}".encode() in metrics
     # a second run finds nothing new: every click was applied exactly once
     again = Worker(settings, WorkerOptions(exit_when_idle_s=2.0), index=index).run()
     assert again["clicks_trained"] == CLICKS and again["batches"] == CLICKS // BATCH
@@ -151,3 +170,34 @@ def test_second_worker_on_the_same_model_refuses(stream, tmp_path):
     assert first.returncode == 0
     state = CheckpointStore(settings.checkpoint_dir).load_latest()
     assert state["counters"]["clicks_trained"] == CLICKS
+
+
+def test_sigterm_checkpoints_commits_and_a_restart_finishes_the_stream(stream, tmp_path):
+    from streaming.kafka_io import admin_client
+
+    settings = with_checkpoints(stream, tmp_path / "graceful")
+    process = subprocess.Popen(worker_command(settings), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    store = CheckpointStore(settings.checkpoint_dir)
+    deadline = time.monotonic() + 120
+    while not store.paths() and time.monotonic() < deadline:  # a few batches are done
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err.decode()[-2000:]
+    stopped = orjson.loads(out)
+    assert 0 < stopped["clicks_trained"] < CLICKS, "SIGTERM came too late to test a graceful stop"
+
+    # the final checkpoint holds what was trained, plus the clicks of the unfinished batch
+    state = store.load_latest()
+    assert state["counters"]["clicks_trained"] == stopped["clicks_trained"]
+    assert len(state["pending_clicks"]) < BATCH
+    # offsets reach the consumer group only after the checkpoint that holds them
+    with admin_client(settings) as admin:
+        committed = admin.list_consumer_group_offsets(settings.consumer_group)
+    assert {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items()} == {
+        (topic, int(p)): offset for topic, parts in state["offsets"].items()
+        for p, offset in parts.items()}
+
+    final = subprocess.run(worker_command(settings), check=True, capture_output=True, timeout=600)
+    assert orjson.loads(final.stdout)["clicks_trained"] == CLICKS
