@@ -23,6 +23,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--variant", default="features_history", choices=ABLATIONS,
                         help="model variant of `eval offline --ablation` (default features_history:"
                              " content features keep new items retrievable before their first click)")
+    parser.add_argument("--with-optimizer", action="store_true",
+                        help="also save the optimizer state (twice the weights' size, for resuming)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(func=run)
 
@@ -52,7 +54,8 @@ def run(args, settings) -> int:
         "last_timestamp": int(ratings["timestamp"].max()),
     }
     path = save_snapshot(args.out, trainer.model, train_config=train_config,
-                         optimizers=trainer.optimizers, data_range=data_range,
+                         optimizers=trainer.optimizers if args.with_optimizer else None,
+                         data_range=data_range,
                          metadata={"epochs": args.epochs, "epoch_losses": losses,
                                    "seed": settings.seed, "variant": args.variant})
     summary = {"snapshot": str(path), "epochs": args.epochs, "epoch_losses": losses, **data_range}
