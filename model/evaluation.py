@@ -68,17 +68,21 @@ def recbole_split(user_codes: np.ndarray, *, seed: int = 2020,
                   ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> np.ndarray:
     """Part of each interaction (0 train, 1 valid, 2 test) after a per-user shuffle and split.
 
-    All interactions are shuffled with ``seed``, then each user's interactions
-    (in shuffled order) are cut by :func:`split_counts`.
+    As RecBole 1.2.1 does with ``eval_args.order: RO``: all interactions (in
+    file order) are shuffled with ``torch.randperm`` after
+    ``torch.manual_seed(seed)``, then each user's interactions, in shuffled
+    order, are cut by :func:`split_counts`. Same seed and file order, same split.
 
     Examples
     --------
-    >>> parts = recbole_split(np.array([0] * 10 + [1] * 20), seed=1)
-    >>> np.bincount(parts[:10]).tolist(), np.bincount(parts[10:]).tolist()
-    ([8, 1, 1], [16, 2, 2])
+    >>> # torch.manual_seed(2020); torch.randperm(10) is [0, 7, 5, 4, 2, 6, 1, 8, 9, 3]:
+    >>> # the first 8 train, interaction 9 valid, interaction 3 test
+    >>> recbole_split(np.zeros(10, dtype=int), seed=2020).tolist()
+    [0, 0, 0, 2, 0, 0, 0, 0, 0, 1]
     """
     user_codes = np.asarray(user_codes)
-    shuffled = np.random.default_rng(seed).permutation(len(user_codes))
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = torch.randperm(len(user_codes), generator=generator).numpy()
     order = shuffled[np.argsort(user_codes[shuffled], kind="stable")]
     parts = np.empty(len(user_codes), dtype=np.int8)
     sorted_users = user_codes[order]

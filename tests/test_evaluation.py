@@ -71,6 +71,45 @@ def test_recbole_split_is_per_user_seeded_and_covers_everything():
         assert np.bincount(parts[users == user], minlength=3).tolist() == split_counts(user + 5)
 
 
+def test_recbole_split_matches_recbole_shuffle_by_hand():
+    # torch.manual_seed(2020); torch.randperm(10) = [0, 7, 5, 4, 2, 6, 1, 8, 9, 3] (RecBole's
+    # 'RO' ordering). Users alternate 0, 1, ...: user 0's rows in shuffled order are 0, 4, 2, 6, 8,
+    # split 3:1:1 -> 6 valid, 8 test; user 1's are 7, 5, 1, 9, 3 -> 9 valid, 3 test.
+    users = np.array([0, 1] * 5)
+    assert recbole_split(users, seed=2020).tolist() == [0, 0, 0, 2, 0, 0, 1, 0, 2, 1]
+
+
+def recbole_build_reference(users: np.ndarray, seed: int) -> np.ndarray:
+    """RecBole 1.2.1's Dataset.build with RO ordering and RS 8:1:1 grouped by user, written
+    out plainly: global torch seed, randperm, groups in first-seen order, _calcu_split_ids."""
+    torch.manual_seed(seed)
+    shuffled = torch.randperm(len(users)).tolist()
+    groups: dict[int, list[int]] = {}
+    for row in shuffled:
+        groups.setdefault(int(users[row]), []).append(row)
+    parts = np.full(len(users), -1)
+    for rows in groups.values():
+        total = len(rows)
+        counts = [int(0.8 * total), int(0.1 * total), int(0.1 * total)]
+        counts[0] = total - counts[1] - counts[2]
+        for i in (1, 2):
+            if counts[0] <= 1:
+                break
+            if 0 < 0.1 * total < 1:
+                counts[-i] += 1
+                counts[0] -= 1
+        ends = np.cumsum(counts)
+        for position, row in enumerate(rows):
+            parts[row] = int(np.searchsorted(ends, position, side="right"))
+    return parts
+
+
+def test_recbole_split_agrees_with_a_plain_recbole_build():
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 40, size=700)
+    assert np.array_equal(recbole_split(users, seed=2020), recbole_build_reference(users, 2020))
+
+
 def test_tfrs_split_is_a_seeded_shuffle():
     train, test = tfrs_split(100, seed=42, train_size=80, test_size=20)
     order = np.random.default_rng(42).permutation(100)
