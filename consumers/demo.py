@@ -94,8 +94,10 @@ def _print_report(report, replayed, seconds, settings, index, dataset, user_ids)
     say(f"  exposures seen          {report['exposures_seen']:>10,}")
     say(f"  dead letters            {report['dead_lettered']:>10,}")
     say(f"  rolling recall@50       {report['rolling_recall@50']:>10.3f}  "
-        f"(last 5,000 clicks, scored before training on them)")
-    say(f"  prequential recall@50   {report['prequential_recall@50']:>10.3f}  (all clicks)")
+        f"(last 5,000 clicks, each scored before training on it; "
+        f"most-popular-so-far: {report['popularity_rolling_recall@50']:.3f})")
+    say(f"  prequential recall@50   {report['prequential_recall@50']:>10.3f}  "
+        f"(all clicks; most-popular-so-far: {report['popularity_prequential_recall@50']:.3f})")
     say(f"  wall time               {seconds:>10.1f} s")
     history = _recent_history(dataset)
     for user_id in user_ids:

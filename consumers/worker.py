@@ -101,12 +101,14 @@ class Worker:
         self._given_index = index  # a VectorIndex owned by the caller (kept open), or None
         self.stop = threading.Event()
         self.counters: dict[str, Any] = {"clicks_trained": 0, "batches": 0,
-                                         "prequential_hits": 0, "prequential_clicks": 0}
+                                         "prequential_hits": 0, "prequential_clicks": 0,
+                                         "popularity_hits": 0}
         # Wall-clock marks of this run (benchmarks): start of the loop, last batch trained,
         # and the records handled in between.
         self.timing = {"loop_started": None, "last_batch": None, "records": 0}
         self.last_loss = float("nan")
         self.rolling_hits: deque[bool] = deque(maxlen=ROLLING_CLICKS)
+        self.rolling_popular_hits: deque[bool] = deque(maxlen=ROLLING_CLICKS)
         # item -> event time of the newest click on it trained so far (Qdrant payload: lets a
         # reader see how fresh an item's vector is)
         self.item_last_click: dict[str, float] = {}
@@ -133,6 +135,7 @@ class Worker:
     def _open(self) -> None:
         from model.index_sync import IndexSync
         from model.online import OnlineLearner
+        from model.prequential import MostPopularSoFar
         from model.vector_index import VectorIndex
         from streaming.ingest import StreamIngestor
 
@@ -143,6 +146,7 @@ class Worker:
         # 2 x 2^17 buckets: few collisions for catalogs up to ~100k items, 4 MB of checkpoint
         self.estimator = FrequencyEstimator(num_buckets=1 << 17, alpha=0.05, num_hashes=2, seed=s.seed)
         self.learner = OnlineLearner(seed=s.seed)
+        self.popular = MostPopularSoFar()
         self.items: dict[str, dict] = {}
         self.users: dict[str, dict] = {}
         state = self.store.load_latest()
@@ -239,6 +243,12 @@ class Worker:
         self.rolling_hits.extend(hits.tolist())
         self.counters["prequential_hits"] += int(hits.sum())
         self.counters["prequential_clicks"] += len(batch)
+        # the same clicks against the most clicked items so far, for comparison
+        popular = self.popular.hits_at_k(item_ids, RECALL_K,
+                                         [self.learner.histories.get(u, ()) for u in user_ids])
+        self.rolling_popular_hits.extend(popular.tolist())
+        self.counters["popularity_hits"] += int(popular.sum())
+        self.popular.update(item_ids)
         self.estimator.update(item_ids)
         log_q = np.log(self.estimator.probability(item_ids))
         started = time.perf_counter()
@@ -263,7 +273,7 @@ class Worker:
         CLICKS_TRAINED.inc(len(batch))
         BATCHES.inc()
         LOSS.set(self.last_loss)
-        ROLLING_RECALL.set(sum(self.rolling_hits) / len(self.rolling_hits))
+        ROLLING_RECALL.set(_share(self.rolling_hits))
         LAST_CLICK_TS.set(max(c[2] for c in batch))
         QDRANT_PENDING.set(self.sync.pending())
 
@@ -305,6 +315,7 @@ class Worker:
                 "item_last_click": dict(self.item_last_click),
                 "estimator": self.estimator.state_dict(),
                 "learner": self.learner.state_dict(),
+                "popular": self.popular.state_dict(),
             }
             self.store.save(state)
             self.ingestor.commit(ingest["offsets"])
@@ -324,6 +335,7 @@ class Worker:
         self.item_last_click.update(state["item_last_click"])
         self.estimator.load_state_dict(state["estimator"])
         self.learner.load_state_dict(state["learner"])
+        self.popular.load_state_dict(state["popular"])
 
     # -- reporting ------------------------------------------------------------------
 
@@ -333,8 +345,10 @@ class Worker:
         return {**self.counters, "exposures_seen": ingest["exposures_seen"],
                 "dead_lettered": ingest["dead_lettered_total"], "orphans": ingest["orphans"],
                 f"prequential_recall@{RECALL_K}": self.counters["prequential_hits"] / clicks if clicks else None,
-                f"rolling_recall@{RECALL_K}": (sum(self.rolling_hits) / len(self.rolling_hits)
-                                               if self.rolling_hits else None),
+                f"rolling_recall@{RECALL_K}": _share(self.rolling_hits),
+                f"popularity_prequential_recall@{RECALL_K}":
+                    self.counters["popularity_hits"] / clicks if clicks else None,
+                f"popularity_rolling_recall@{RECALL_K}": _share(self.rolling_popular_hits),
                 "last_loss": self.last_loss}
 
     def _print_progress(self) -> None:
@@ -345,6 +359,10 @@ class Worker:
                          f"{r['exposures_seen']:>8} exposures  {r['dead_lettered']} dead letters  "
                          f"loss {r['last_loss']:.3f}")
         sys.stderr.flush()
+
+
+def _share(flags) -> float | None:
+    return sum(flags) / len(flags) if flags else None
 
 
 _METRICS_PORTS: set[int] = set()

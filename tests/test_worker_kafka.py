@@ -173,7 +173,9 @@ def test_second_worker_on_the_same_model_refuses(stream, tmp_path):
 
 
 def test_sigterm_checkpoints_commits_and_a_restart_finishes_the_stream(stream, tmp_path):
-    from streaming.kafka_io import admin_client
+    from kafka import TopicPartition
+
+    from streaming.kafka_io import make_consumer
 
     settings = with_checkpoints(stream, tmp_path / "graceful")
     process = subprocess.Popen(worker_command(settings), stdout=subprocess.PIPE,
@@ -193,11 +195,13 @@ def test_sigterm_checkpoints_commits_and_a_restart_finishes_the_stream(stream, t
     assert state["counters"]["clicks_trained"] == stopped["clicks_trained"]
     assert len(state["pending_clicks"]) < BATCH
     # offsets reach the consumer group only after the checkpoint that holds them
-    with admin_client(settings) as admin:
-        committed = admin.list_consumer_group_offsets(settings.consumer_group)
-    assert {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items()} == {
-        (topic, int(p)): offset for topic, parts in state["offsets"].items()
-        for p, offset in parts.items()}
+    saved = {TopicPartition(topic, int(p)): offset for topic, parts in state["offsets"].items()
+             for p, offset in parts.items()}
+    group = make_consumer(settings, group_id=settings.consumer_group)
+    try:
+        assert {tp: group.committed(tp) for tp in saved} == saved
+    finally:
+        group.close()
 
     final = subprocess.run(worker_command(settings), check=True, capture_output=True, timeout=600)
     assert orjson.loads(final.stdout)["clicks_trained"] == CLICKS
