@@ -349,7 +349,8 @@ class Worker:
                 f"popularity_prequential_recall@{RECALL_K}":
                     self.counters["popularity_hits"] / clicks if clicks else None,
                 f"popularity_rolling_recall@{RECALL_K}": _share(self.rolling_popular_hits),
-                "last_loss": self.last_loss}
+                "last_loss": self.last_loss,
+                "stuck_polls_woken": self.prefetcher.wakes}
 
     def _print_progress(self) -> None:
         import sys

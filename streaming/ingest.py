@@ -180,6 +180,25 @@ class StreamIngestor:
             out.records += handled.records
         return out
 
+    def unstick(self) -> bool:
+        """Wake a :meth:`poll` that kafka-python 3.0.12 lost track of; True if it could.
+
+        Rarely, under heavy load, ``KafkaConsumer.poll`` blocks forever: its
+        thread waits for a task of the client's I/O thread that never completes
+        (seen here in ``Fetcher.fetch_records``). Failing the client's pending
+        cross-thread waits with a timeout makes that poll return as if no record
+        had arrived; nothing is skipped, the next poll fetches from the same
+        position. This reaches into the client's internals, so it does nothing
+        if they are not there.
+        """
+        from kafka.errors import KafkaTimeoutError
+
+        fail = getattr(getattr(self._consumer, "_net", None), "_fail_pending_waiters", None)
+        if fail is None:
+            return False
+        fail(KafkaTimeoutError("woken by recallstream: the poll was stuck"))
+        return True
+
     def _pause_partitions_ahead(self) -> None:
         # A partition far ahead of the others in record time waits (paused fetches)
         # for them, instead of filling memory while its windows cannot close.

@@ -42,12 +42,15 @@ True
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+
+log = logging.getLogger(__name__)
 
 
 class StalledIngestion(RuntimeError):
@@ -64,22 +67,28 @@ class Prefetcher:
         Polls queued at most; the thread waits when the trainer is this far behind.
     poll_timeout_s : float
         Timeout of each poll (how quickly a pause or close is noticed).
+    wake_after_s : float
+        A poll still running after this long is woken with the ingestor's
+        ``unstick()``, if it has one (kafka-python 3.0.12 polls were seen to hang
+        under heavy load; see :meth:`streaming.ingest.StreamIngestor.unstick`).
     stall_timeout_s : float
         A poll that has not returned after this long is a stall: :meth:`get`
         raises instead of waiting forever, so the process can restart from its
-        checkpoint (kafka-python 3.0 polls were seen to hang, very rarely, under
-        heavy load; see the README).
+        checkpoint.
     """
 
     def __init__(self, ingestor: Any, max_queued: int = 32, poll_timeout_s: float = 0.1,
-                 stall_timeout_s: float = 120.0) -> None:
+                 wake_after_s: float = 5.0, stall_timeout_s: float = 120.0) -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be >= 1, got {max_queued}")
         self.ingestor = ingestor
         self.max_queued = max_queued
         self.poll_timeout_s = poll_timeout_s
+        self.wake_after_s = wake_after_s
         self.stall_timeout_s = stall_timeout_s
+        self.wakes = 0  # stuck polls woken so far
         self._poll_started = 0.0
+        self._woken = False
         self._queue: deque = deque()
         self._cond = threading.Condition()
         self._pause_requests = 0
@@ -105,9 +114,17 @@ class Prefetcher:
                 self._cond.notify_all()
                 return item
             self._raise_error()
-            if self._polling and time.monotonic() - self._poll_started > self.stall_timeout_s:
+            polling_for = time.monotonic() - self._poll_started if self._polling else 0.0
+            if polling_for > self.stall_timeout_s:
                 raise StalledIngestion(f"a Kafka poll has not returned for {self.stall_timeout_s} s")
-            return None
+            wake = polling_for > self.wake_after_s and not self._woken
+            if wake:
+                self._woken = True
+        if wake and getattr(self.ingestor, "unstick", None) is not None:
+            log.warning("a Kafka poll has run for %.0f s; waking it", polling_for)
+            if self.ingestor.unstick():
+                self.wakes += 1
+        return None
 
     def caught_up(self) -> bool:
         """True when nothing is queued and the last poll found every partition at its end."""
@@ -150,6 +167,7 @@ class Prefetcher:
                     return
                 self._polling = True
                 self._poll_started = time.monotonic()
+                self._woken = False
             try:
                 result = self.ingestor.poll(timeout_s=self.poll_timeout_s)
                 caught_up = self.ingestor.caught_up()

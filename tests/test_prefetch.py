@@ -106,3 +106,35 @@ def test_a_poll_that_never_returns_is_reported_as_a_stall():
     time.sleep(0.4)
     with pytest.raises(StalledIngestion, match="has not returned"):
         prefetcher.get(timeout_s=0.1)
+
+
+class WakeableIngestor(CountingIngestor):
+    """Its third poll hangs until unstick() is called (the kafka-python hang and its cure)."""
+
+    def __init__(self):
+        super().__init__()
+        self.woken = threading.Event()
+
+    def poll(self, timeout_s):
+        if self.n == 2 and not self.woken.is_set():
+            self.woken.wait()
+            return Empty()
+        return super().poll(timeout_s)
+
+    def unstick(self):
+        self.woken.set()
+        return True
+
+
+def test_a_stuck_poll_is_woken_and_ingestion_goes_on():
+    prefetcher = Prefetcher(WakeableIngestor(), max_queued=8, wake_after_s=0.2, stall_timeout_s=30)
+    prefetcher.start()
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 5 and time.monotonic() < deadline:
+        item = prefetcher.get(timeout_s=0.1)
+        if item is not None:
+            got.append(item)
+    assert got == [1, 2, 3, 4, 5]
+    assert prefetcher.wakes == 1
+    prefetcher.close()
