@@ -109,15 +109,6 @@ class RecordAligner:
             released += sum(len(records) for records in groups[-1].values())
         return groups
 
-    def overfull(self, limit: int) -> set[Hashable]:
-        """Partitions holding more than ``limit`` records that do not hold the oldest
-        window back: pausing their fetches bounds memory and cannot stall the release."""
-        end = self._oldest_window_end()
-        if end is None:
-            return set()
-        return {tp for tp, buffer in self._buffers.items()
-                if len(buffer) > limit and self._max_ts.get(tp, -1) >= end}
-
     def clear(self) -> None:
         """Forget every buffered record (after seeking the consumer elsewhere)."""
         for buffer in self._buffers.values():

@@ -56,9 +56,12 @@ from streaming.settings import Settings
 
 _STATE_VERSION = 1
 # With an aligner: records handed on per poll at most (whole windows, so a poll may exceed
-# it by one window), and records buffered per partition before its fetches pause.
+# it by one window).
 ALIGNED_RECORDS_PER_POLL = 2_000
-ALIGNER_BUFFER_PER_PARTITION = 20_000
+# Bytes fetched per partition and request: small, so that every fetch brings a little of
+# each partition and the aligner never waits long for a lagging one (a larger record still
+# comes whole: the broker always returns at least one record batch).
+FETCH_BYTES_PER_PARTITION = 256 * 1024
 # Handling order of the kinds within one poll (see the module docstring).
 _KIND_ORDER = {"items": 0, "users": 1, "exposures": 2, "clicks": 3}
 
@@ -139,7 +142,9 @@ class StreamIngestor:
                  aligner: RecordAligner | None = None) -> None:
         self.settings = settings
         self._kinds = topic_kinds(settings)
-        self._consumer = consumer or make_consumer(settings, group_id=settings.consumer_group)
+        self._consumer = consumer or make_consumer(
+            settings, group_id=settings.consumer_group,
+            max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION)
         self._producer = producer or make_producer(
             settings, max_request_size=DEAD_LETTERS_MAX_MESSAGE_BYTES)
         self.joiner = joiner or ClickJoiner(settings.join_window_s)
@@ -170,7 +175,6 @@ class StreamIngestor:
         if self._aligner is None:
             return self.handle(batches)
         self._aligner.add(batches)
-        self._pause_partitions_ahead()
         out = Ingested()
         for group in self._aligner.release(caught_up=self._fetched_to_end,
                                            max_records=ALIGNED_RECORDS_PER_POLL):
@@ -198,16 +202,6 @@ class StreamIngestor:
             return False
         fail(KafkaTimeoutError("woken by recallstream: the poll was stuck"))
         return True
-
-    def _pause_partitions_ahead(self) -> None:
-        # A partition far ahead of the others in record time waits (paused fetches)
-        # for them, instead of filling memory while its windows cannot close.
-        ahead = self._aligner.overfull(ALIGNER_BUFFER_PER_PARTITION)
-        paused = set(self._consumer.paused())
-        if ahead - paused:
-            self._consumer.pause(*(ahead - paused))
-        if paused - ahead:
-            self._consumer.resume(*(paused - ahead))
 
     def caught_up(self) -> bool:
         """True when every partition is read to its last known end and nothing is

@@ -99,12 +99,3 @@ def test_release_in_bounded_steps_keeps_the_same_sequence():
         assert sum(len(rs) for rs in groups[0].values()) >= 1
         stepped += [sorted((r.partition, r.offset) for rs in g.values() for r in rs) for g in groups]
     assert stepped == whole
-
-
-def test_overfull_never_names_a_partition_that_holds_the_window_back():
-    aligner = RecordAligner(window_ms=100)
-    aligner.track(["behind"])
-    aligner.add({"ahead": [Record("t", 0, n, 50 + 10 * n) for n in range(30)],
-                 "stuck": [Record("t", 1, n, 60) for n in range(30)]})  # all in window [0, 100)
-    assert aligner.overfull(limit=10) == {"ahead"}  # "stuck" must keep fetching to pass 100
-    assert aligner.overfull(limit=100) == set()
