@@ -147,7 +147,7 @@ class CheckpointStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
-        _fsync_directory(self.directory)
+        fsync_path(self.directory)
         self._prune()
         return path
 
@@ -276,9 +276,10 @@ def _from_storable(value: Any) -> Any:
     return value
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable: without it a power loss can forget the new name.
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file, or a directory (which makes a rename inside it durable: without it
+    a power loss can forget the new name)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

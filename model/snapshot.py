@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from model.checkpoint import fsync_path
 from model.towers import TowerConfig, TwoTower
 from model.train_step import Optimizers, TrainConfig
 
@@ -87,7 +88,7 @@ def save_snapshot(directory: str | os.PathLike, model: TwoTower, *,
         torch.save(tensors, scratch / TENSORS)
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for name in (TENSORS, MANIFEST):
-            _fsync(scratch / name)
+            fsync_path(scratch / name)
         if target.exists():
             retired = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, retired)
@@ -95,7 +96,7 @@ def save_snapshot(directory: str | os.PathLike, model: TwoTower, *,
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(scratch, target)
-        _fsync(target.parent)
+        fsync_path(target.parent)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
@@ -119,11 +120,3 @@ def load_snapshot(directory: str | os.PathLike) -> Snapshot:
                     train_config=TrainConfig.from_dict(train_config) if train_config else None,
                     data_range=manifest.get("data_range", {}), metadata=manifest.get("metadata", {}),
                     optimizer_state=tensors.get("optimizers"))
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -215,13 +215,11 @@ class Tower(nn.Module):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters with sparse gradients (for ``SparseAdam``)."""
-        return [m.weight for m in self.modules()
-                if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+        return sparse_parameters(self)
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """All other parameters (for ``Adam``/``AdamW``)."""
-        sparse = {id(p) for p in self.sparse_parameters()}
-        return [p for p in self.parameters() if id(p) not in sparse]
+        return dense_parameters(self)
 
 
 class TwoTower(nn.Module):
@@ -325,13 +323,11 @@ class TwoTower(nn.Module):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Embedding tables with sparse gradients (for ``SparseAdam``)."""
-        return [m.weight for m in self.modules()
-                if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+        return sparse_parameters(self)
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Every other parameter (for ``Adam``/``AdamW``)."""
-        sparse = {id(p) for p in self.sparse_parameters()}
-        return [p for p in self.parameters() if id(p) not in sparse]
+        return dense_parameters(self)
 
     def _embed(self, vectors, inputs, count: int, batch_size: int) -> torch.Tensor:
         was_training = self.training
@@ -342,6 +338,18 @@ class TwoTower(nn.Module):
         finally:
             self.train(was_training)
         return torch.cat(parts) if parts else torch.zeros(0, self.config.output_dim)
+
+
+def sparse_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The embedding tables of ``module`` that have sparse gradients."""
+    return [m.weight for m in module.modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+
+
+def dense_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``module`` that :func:`sparse_parameters` leaves out."""
+    sparse = {id(p) for p in sparse_parameters(module)}
+    return [p for p in module.parameters() if id(p) not in sparse]
 
 
 def _mlp(input_dim: int, hidden: Sequence[int] | None, output_dim: int, dropout: float) -> nn.Module:
