@@ -21,14 +21,14 @@ COMMAND_MODULES = [
     "consumers.config_cmd",
     "consumers.broker",
     "consumers.topics",
-    "consumers.bench",
+    "consumers.replay",
+    "consumers.inspect",
     "consumers.worker",
     "consumers.checkpoint_cmd",
     "consumers.demo",
-    "consumers.inspect",
-    "consumers.replay",
     "consumers.train",
     "consumers.evaluate",
+    "consumers.bench",
 ]
 
 
