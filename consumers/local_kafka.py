@@ -37,6 +37,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 import xml.etree.ElementTree as ElementTree
@@ -404,7 +405,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 @contextlib.contextmanager
-def running_broker(settings: Settings, say=print) -> Iterator[Settings]:
+def running_broker(settings: Settings, say=None) -> Iterator[Settings]:
     """``settings`` with a broker that answers: the configured one if it answers,
     else the local broker, started here and stopped on exit."""
     if wait_for_broker(settings, timeout_s=3):
@@ -412,6 +413,7 @@ def running_broker(settings: Settings, say=print) -> Iterator[Settings]:
         return
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         raise BrokerError(f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} does not answer")
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))  # stdout may be JSON
     say(f"starting the local Kafka broker on port {settings.broker_port} ...")
     broker = LocalBroker.from_settings(settings)
     broker.start()
