@@ -77,13 +77,12 @@ def _pipeline_run(settings) -> tuple[float, float]:
 def _bare_step_rate(settings, dataset, plan) -> float:
     import numpy as np
 
-    from consumers.worker import set_training_threads
+    from consumers.worker import make_estimator, set_training_threads
     from model.online import OnlineLearner
-    from streaming.popularity import FrequencyEstimator
 
     set_training_threads()  # the worker's setting: same model, same threads
     learner = OnlineLearner(seed=settings.seed)
-    estimator = FrequencyEstimator(num_buckets=1 << 17, alpha=0.05, num_hashes=2)
+    estimator = make_estimator(settings.seed)
     ratings = dataset.ratings[plan.order()]
     users, items = ratings["user_id"].tolist(), ratings["item_id"].tolist()
     size = settings.batch_size

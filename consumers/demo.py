@@ -80,10 +80,9 @@ def _replay_command(args, settings) -> list[str]:
                "--rate", str(args.rate), "--json", "--no-progress"]
     if args.limit is not None:
         command += ["--limit", str(args.limit)]
-    for name in ("bootstrap_servers", "topic_exposures", "topic_clicks", "topic_items",
-                 "topic_users", "topic_dead_letters", "partitions", "seed"):
-        command += [f"--{name.replace('_', '-')}", str(getattr(settings, name))]
-    return command
+    return command + settings.flags("bootstrap_servers", "topic_exposures", "topic_clicks",
+                                    "topic_items", "topic_users", "topic_dead_letters",
+                                    "partitions", "seed")
 
 
 def _print_report(report, replayed, seconds, settings, index, dataset, user_ids) -> None:

@@ -143,8 +143,7 @@ class Worker:
         set_training_threads()
         self.ingestor = StreamIngestor(s, aligner=RecordAligner(s.align_window_ms))
         self.batcher: Minibatcher[tuple] = Minibatcher(s.batch_size, s.batch_timeout_s)
-        # 2 x 2^17 buckets: few collisions for catalogs up to ~100k items, 4 MB of checkpoint
-        self.estimator = FrequencyEstimator(num_buckets=1 << 17, alpha=0.05, num_hashes=2, seed=s.seed)
+        self.estimator = make_estimator(s.seed)
         self.learner = OnlineLearner(seed=s.seed)
         self.popular = MostPopularSoFar()
         self.items: dict[str, dict] = {}
@@ -375,6 +374,12 @@ def serve_metrics(port: int) -> None:
     if port and port not in _METRICS_PORTS:
         start_http_server(port)
         _METRICS_PORTS.add(port)
+
+
+def make_estimator(seed: int) -> FrequencyEstimator:
+    """The worker's popularity estimate for logQ (the pipeline benchmark uses the same)."""
+    # 2 x 2^17 buckets: few collisions for catalogs up to ~100k items, 4 MB of checkpoint
+    return FrequencyEstimator(num_buckets=1 << 17, alpha=0.05, num_hashes=2, seed=seed)
 
 
 def set_training_threads() -> int:

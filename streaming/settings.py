@@ -93,6 +93,17 @@ class Settings:
                 settings, bootstrap_servers=f"127.0.0.1:{settings.broker_port}")
         return settings
 
+    def flags(self, *names: str) -> list[str]:
+        """The CLI flags that give another process these settings' values of ``names``.
+
+        >>> Settings.resolve(environ={}).flags("topic_clicks", "partitions")
+        ['--topic-clicks', 'clicks', '--partitions', '4']
+        """
+        out: list[str] = []
+        for name in names:
+            out += [_flag(name), str(getattr(self, name))]
+        return out
+
     def describe(self) -> dict[str, Any]:
         """The settings as a dict, secrets masked (for `recallstream config`)."""
         out = {}
@@ -104,6 +115,10 @@ class Settings:
 
 def _fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 def _convert(f: dataclasses.Field, raw: Any) -> Any:
@@ -118,6 +133,6 @@ def add_setting_flags(parser) -> None:
     """Add one ``--flag`` per setting to an argparse parser (all default to unset)."""
     group = parser.add_argument_group("settings (flag > environment variable > default)")
     for name, f in _fields().items():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+        group.add_argument(_flag(name), dest=name, default=None,
                            metavar=Settings.env_name(name),
                            help=f"{f.metadata['help']} (default: {f.default!r})")

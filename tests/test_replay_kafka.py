@@ -22,10 +22,7 @@ TOPIC_FLAGS = ("bootstrap_servers", "partitions", "topic_exposures", "topic_clic
 
 
 def settings_flags(settings) -> list[str]:
-    flags = []
-    for name in TOPIC_FLAGS:
-        flags += [f"--{name.replace('_', '-')}", str(getattr(settings, name))]
-    return flags
+    return settings.flags(*TOPIC_FLAGS)
 
 
 def replay(settings, capsys, *args: str) -> dict:

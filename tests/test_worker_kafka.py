@@ -97,12 +97,10 @@ def test_worker_trains_every_click_once_and_fills_qdrant(stream, tmp_path):
 
 
 def worker_command(settings) -> list[str]:
-    flags = []
-    for name in ("bootstrap_servers", "topic_exposures", "topic_clicks", "topic_items",
-                 "topic_users", "topic_dead_letters", "consumer_group", "batch_size",
-                 "batch_timeout_s", "checkpoint_every_s", "checkpoint_every_batches",
-                 "checkpoint_dir", "metrics_port"):
-        flags += [f"--{name.replace('_', '-')}", str(getattr(settings, name))]
+    flags = settings.flags("bootstrap_servers", "topic_exposures", "topic_clicks", "topic_items",
+                           "topic_users", "topic_dead_letters", "consumer_group", "batch_size",
+                           "batch_timeout_s", "checkpoint_every_s", "checkpoint_every_batches",
+                           "checkpoint_dir", "metrics_port")
     return [sys.executable, "-m", "consumers.cli", "worker", "--exit-when-idle", "3", "--json",
             *flags]
 
