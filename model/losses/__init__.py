@@ -2,17 +2,20 @@
 
 - :func:`in_batch_softmax` (listwise, TFRS ``Retrieval`` semantics) and its
   steps :func:`remove_accidental_hits`, :func:`mine_hard_negatives`;
+- :func:`catalog_softmax` (listwise over the whole catalogue, no sampling);
 - :func:`triplet_hinge`, :func:`triplet_logistic` (pairwise);
 - :func:`pointwise_bce` (pointwise);
 - :func:`contrastive_margin` (contrastive, distance based).
 """
 
+from model.losses.catalog import catalog_softmax
 from model.losses.contrastive import contrastive_margin
 from model.losses.pairwise import triplet_hinge, triplet_logistic
 from model.losses.pointwise import pointwise_bce
 from model.losses.softmax import in_batch_softmax, mine_hard_negatives, remove_accidental_hits
 
 __all__ = [
+    "catalog_softmax",
     "contrastive_margin",
     "in_batch_softmax",
     "mine_hard_negatives",
