@@ -46,7 +46,7 @@ from model.evaluation import (TEST, TRAIN, VALID, mask_scores, popularity_scores
                               recbole_split, tfrs_split, top_k_share, topk_metrics)
 from model.features import History
 from model.towers import HISTORY, ITEM_ID, USER_ID, TwoTower, TowerConfig
-from model.train_step import Batch, Optimizers, TrainConfig, train_step
+from model.train_step import Batch, CatalogBatch, Optimizers, TrainConfig, catalog_step, train_step
 
 __all__ = ["Interactions", "OfflineSettings", "OfflineTrainer", "run_recbole_protocol",
            "run_tfrs_protocol", "seed_everything"]
@@ -86,6 +86,10 @@ class OfflineSettings:
     ``history_dropout`` hides each history item of a training row with this
     probability (a denoising input, as in Mult-DAE), so the towers learn to
     recover a user's items from part of their history instead of memorising it.
+
+    ``batch_size`` counts training pairs per step; with the ``catalog_softmax``
+    loss a step takes ``users_per_step`` users with all their pairs instead
+    (``None``: every user, one step per epoch).
     """
 
     batch_size: int = 1024
@@ -93,10 +97,13 @@ class OfflineSettings:
     num_threads: int = 2
     progress: bool = True
     history_dropout: float = 0.0
+    users_per_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
+        if self.users_per_step is not None and self.users_per_step < 1:
+            raise ValueError(f"users_per_step must be at least 1, got {self.users_per_step}")
         if not 0.0 <= self.history_dropout < 1.0:
             raise ValueError(f"history_dropout must be in [0, 1), got {self.history_dropout}")
 
@@ -234,27 +241,53 @@ class OfflineTrainer:
 
     # --- training and scoring -------------------------------------------------------------
 
+    def make_catalog_batch(self, users: np.ndarray, user_rows: np.ndarray,
+                           codes: np.ndarray) -> CatalogBatch:
+        """The :class:`CatalogBatch` of user rows ``users`` with all their training pairs."""
+        position = np.full(len(self._user_row), -1, dtype=np.int64)
+        position[users] = np.arange(len(users))
+        pairs = np.flatnonzero(position[user_rows] >= 0)
+        # the history may hold the positives themselves: a denoising input, as in Mult-DAE
+        return CatalogBatch(
+            user_inputs=self.user_inputs(torch.from_numpy(users),
+                                         history_dropout=self.settings.history_dropout),
+            catalog_inputs=self.item_inputs,
+            rows=torch.from_numpy(position[user_rows[pairs]]),
+            columns=torch.from_numpy(codes[pairs]))
+
     def train_epoch(self, train: Interactions) -> float:
         """One shuffled pass over ``train``; returns the mean loss."""
-        from tqdm import tqdm
-
         user_rows = np.fromiter((self._user_row[u] for u in train.user_ids.tolist()),
                                 dtype=np.int64, count=len(train))
         codes = self._item_codes(train.item_ids)
+        if self.train_config.loss == "catalog_softmax":
+            users = self._rng.permutation(np.unique(user_rows))
+            size = self.settings.users_per_step or max(len(users), 1)
+            batches = (self.make_catalog_batch(users[s:s + size], user_rows, codes)
+                       for s in range(0, len(users), size))
+            return self._run_steps(batches, -(-len(users) // size), catalog_step)
         order = self._rng.permutation(len(train))
         size = self.settings.batch_size
         # a last batch of one row has no in-batch negative: merge it into the previous batch
         starts = [s for s in range(0, len(order), size) if len(order) - s >= 2 or s == 0]
-        bar = tqdm(starts, desc=f"epoch {self.epochs_trained + 1}", unit="batch",
+        ends = starts[1:] + [len(order)]
+        batches = (self.make_batch(order[start:end], user_rows, codes)
+                   for start, end in zip(starts, ends))
+        return self._run_steps(batches, len(starts), train_step)
+
+    def _run_steps(self, batches, count: int, step) -> float:
+        """Apply ``step`` to each batch under a progress bar; the epoch's mean loss."""
+        from tqdm import tqdm
+
+        bar = tqdm(batches, total=count, desc=f"epoch {self.epochs_trained + 1}", unit="batch",
                    disable=not self.settings.progress, leave=False)
-        total = 0.0
-        for k, start in enumerate(bar):
-            end = starts[k + 1] if k + 1 < len(starts) else len(order)
-            batch = self.make_batch(order[start:end], user_rows, codes)
-            total += train_step(self.model, self.optimizers, batch, self.train_config)
-            bar.set_postfix(loss=f"{total / (k + 1):.4f}")
+        total, steps = 0.0, 0
+        for batch in bar:
+            total += step(self.model, self.optimizers, batch, self.train_config)
+            steps += 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
         self.epochs_trained += 1
-        return total / max(len(starts), 1)
+        return total / max(steps, 1)
 
     @torch.no_grad()
     def item_vectors(self) -> torch.Tensor:

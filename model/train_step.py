@@ -15,7 +15,11 @@ Losses (``TrainConfig.loss``):
   row's item (the batch rolled by one);
 - ``"pointwise"``: BCE with the positive and ``pointwise_negatives`` rolled
   in-batch items as negatives;
-- ``"contrastive"``: the contrastive margin loss on the same pairs.
+- ``"contrastive"``: the contrastive margin loss on the same pairs;
+- ``"catalog_softmax"``: a full softmax over every catalogue item
+  (:func:`model.losses.catalog_softmax`), for offline training over a catalogue
+  small enough to score whole; it takes a :class:`CatalogBatch` and
+  :func:`catalog_step` instead of a :class:`Batch`.
 
 With DAT on (``TowerConfig.augmented``), the mimic loss and the category
 alignment loss of :mod:`model.dat` are added with :attr:`TrainConfig.dat` weights.
@@ -46,14 +50,16 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from model.dat import DatConfig, dat_auxiliary_loss
-from model.losses import (contrastive_margin, in_batch_softmax, pointwise_bce, triplet_hinge,
-                          triplet_logistic)
+from model.losses import (catalog_softmax, contrastive_margin, in_batch_softmax, pointwise_bce,
+                          triplet_hinge, triplet_logistic)
 from model.hashing import bucketize
 from model.towers import ITEM_ID, TwoTower
 
-__all__ = ["Batch", "LOSSES", "Optimizers", "TrainConfig", "compute_loss", "train_step"]
+__all__ = ["Batch", "CatalogBatch", "LOSSES", "Optimizers", "TrainConfig", "catalog_step",
+           "compute_loss", "train_step"]
 
-LOSSES = ("softmax", "triplet_hinge", "triplet_logistic", "pointwise", "contrastive")
+LOSSES = ("softmax", "triplet_hinge", "triplet_logistic", "pointwise", "contrastive",
+          "catalog_softmax")
 
 
 @dataclass(frozen=True)
@@ -221,11 +227,77 @@ class Optimizers:
         return [o for o in (self.sparse, self.dense) if o is not None]
 
 
+@dataclass
+class CatalogBatch:
+    """Users and their positives, each scored against the whole catalogue.
+
+    Parameters
+    ----------
+    user_inputs
+        Encoded features of the batch's ``U`` users.
+    catalog_inputs
+        Encoded features of every catalogue item (``N`` rows).
+    rows, columns
+        ``[P]`` positive pairs: user row ``rows[k]`` clicked catalogue item ``columns[k]``.
+    sample_weight
+        Optional ``[P]`` non-negative weights.
+    """
+
+    user_inputs: dict[str, torch.Tensor]
+    catalog_inputs: dict[str, torch.Tensor]
+    rows: torch.Tensor
+    columns: torch.Tensor
+    sample_weight: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
 def train_step(model: TwoTower, optimizers: Optimizers, batch: Batch, config: TrainConfig) -> float:
     """Compute the loss of ``batch`` and take one optimizer step; returns the loss value."""
+    if config.loss == "catalog_softmax":
+        raise ValueError("the catalog_softmax loss scores the whole catalogue: "
+                         "train it with catalog_step and a CatalogBatch")
+    return _step(model, optimizers, lambda: compute_loss(model, batch, config))
+
+
+def catalog_step(model: TwoTower, optimizers: Optimizers, batch: CatalogBatch,
+                 config: TrainConfig) -> float:
+    """One optimizer step on the full-catalogue softmax of ``batch``; returns the loss value.
+
+    Examples
+    --------
+    >>> from model.features import Categorical
+    >>> from model.towers import TowerConfig
+    >>> _ = torch.manual_seed(0)
+    >>> model = TwoTower(TowerConfig((Categorical("user_id", 10, 4),), (Categorical("item_id", 10, 4),),
+    ...                              hidden=None, output_dim=4))
+    >>> config = TrainConfig(loss="catalog_softmax", sparse_lr=0.1)
+    >>> optimizers = Optimizers(model, config)
+    >>> batch = CatalogBatch({"user_id": torch.tensor([1, 2])}, {"item_id": torch.arange(5)},
+    ...                      rows=torch.tensor([0, 0, 1]), columns=torch.tensor([3, 4, 0]))
+    >>> losses = [catalog_step(model, optimizers, batch, config) for _ in range(20)]
+    >>> losses[-1] < losses[0]
+    True
+    """
+    if config.loss != "catalog_softmax":
+        raise ValueError(f"catalog_step trains the catalog_softmax loss, not {config.loss!r}")
+    if model.config.augmented and config.dat.enabled:
+        raise ValueError("DAT needs in-batch pairs: use the softmax loss with train_step")
+
+    def loss() -> torch.Tensor:
+        return catalog_softmax(model.user_vectors(batch.user_inputs),
+                               model.item_vectors(batch.catalog_inputs), batch.rows,
+                               batch.columns, temperature=config.temperature,
+                               sample_weight=batch.sample_weight)
+
+    return _step(model, optimizers, loss)
+
+
+def _step(model: TwoTower, optimizers: Optimizers, compute) -> float:
     model.train()
     optimizers.zero_grad()
-    loss = compute_loss(model, batch, config)
+    loss = compute()
     loss.backward()
     optimizers.step()
     return float(loss.detach())

@@ -63,6 +63,25 @@ def test_training_beats_popularity_on_held_out_clicks():
     assert model["recall@5"] > baseline["recall@5"] + 0.2
 
 
+def test_catalog_softmax_steps_take_whole_users_and_beat_popularity():
+    data, catalog = planted_clusters(users=40, per_user=20)
+    common = dict(users={}, items={}, catalog=catalog, model_config=small_config(history=False),
+                  train_config=TrainConfig(loss="catalog_softmax", sparse_lr=0.05, dense_lr=0.01))
+    trainer = OfflineTrainer(settings=OfflineSettings(users_per_step=16, seed=0, progress=False), **common)
+    trainer.fit_history(data)
+    user_rows = np.array([trainer._user_row[u] for u in data.user_ids])
+    codes = np.array([trainer.item_code[i] for i in data.item_ids])
+    step = trainer.make_catalog_batch(np.array([3, 7]), user_rows, codes)
+    # every pair of users 3 and 7, and only theirs, against the whole catalogue
+    assert sorted(step.rows.tolist()) == [0] * 20 + [1] * 20
+    assert sorted(step.columns.tolist()) == sorted(codes[np.isin(user_rows, [3, 7])].tolist())
+    assert step.catalog_inputs["item_id"].shape == (len(catalog),)
+    recbole = run_recbole_protocol(data, max_epochs=30, patience=10,
+                                   settings=OfflineSettings(users_per_step=16, seed=0, progress=False),
+                                   **common)
+    assert recbole["recall@10"] > recbole["popularity_recall@10"] + 0.2
+
+
 def test_same_seed_same_model_other_seed_other_model():
     data, catalog = planted_clusters()
     a, b, c = (fit(data, catalog, seed=s, epochs=2) for s in (3, 3, 4))

@@ -7,9 +7,12 @@ import torch
 
 from model.dat import DatConfig
 from model.features import Categorical
-from model.losses import in_batch_softmax
+from model.losses import catalog_softmax, in_batch_softmax
 from model.towers import TowerConfig, TwoTower
-from model.train_step import LOSSES, Batch, Optimizers, TrainConfig, compute_loss, train_step
+from model.train_step import (LOSSES, Batch, CatalogBatch, Optimizers, TrainConfig, catalog_step,
+                              compute_loss, train_step)
+
+PAIR_LOSSES = [loss for loss in LOSSES if loss != "catalog_softmax"]
 
 
 def id_model(augmented=False, seed=0):
@@ -25,7 +28,7 @@ def batch(users=(1, 2, 3, 4), items=(10, 11, 12, 10)):
                  categories=torch.tensor([1, 1, 2, 1]))
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", PAIR_LOSSES)
 def test_every_loss_decreases_on_a_repeated_batch(loss):
     model, config = id_model(), TrainConfig(loss=loss)
     optimizers = Optimizers(model, config)
@@ -42,6 +45,36 @@ def test_softmax_loss_is_the_shared_in_batch_softmax_with_log_q_and_hit_removal(
         assert compute_loss(model, b, config).item() == pytest.approx(expected.item())
         no_log_q = compute_loss(model, b, TrainConfig(temperature=0.1, use_log_q=False))
         assert no_log_q.item() != pytest.approx(expected.item())
+
+
+def catalog_batch():
+    return CatalogBatch(user_inputs={"user_id": torch.tensor([1, 2])},
+                        catalog_inputs={"item_id": torch.arange(10, 16)},
+                        rows=torch.tensor([0, 0, 1]), columns=torch.tensor([0, 3, 5]))
+
+
+def test_catalog_step_is_the_catalog_softmax_and_it_learns():
+    model, config = id_model(), TrainConfig(loss="catalog_softmax", temperature=0.1)
+    b = catalog_batch()
+    with torch.no_grad():
+        expected = catalog_softmax(model.user_vectors(b.user_inputs), model.item_vectors(b.catalog_inputs),
+                                   b.rows, b.columns, temperature=0.1).item()
+    optimizers = Optimizers(model, config)
+    losses = [catalog_step(model, optimizers, b, config) for _ in range(40)]
+    assert losses[0] == pytest.approx(expected)
+    assert losses[-1] < losses[0]
+
+
+def test_catalog_loss_and_pair_batches_do_not_mix():
+    model = id_model()
+    with pytest.raises(ValueError, match="catalog_step"):
+        train_step(model, Optimizers(model, TrainConfig()), batch(), TrainConfig(loss="catalog_softmax"))
+    with pytest.raises(ValueError, match="not 'softmax'"):
+        catalog_step(model, Optimizers(model, TrainConfig()), catalog_batch(), TrainConfig())
+    dat = TrainConfig(loss="catalog_softmax", dat=DatConfig(enabled=True))
+    augmented = id_model(augmented=True)
+    with pytest.raises(ValueError, match="DAT"):
+        catalog_step(augmented, Optimizers(augmented, dat), catalog_batch(), dat)
 
 
 def test_only_touched_embedding_rows_change():
