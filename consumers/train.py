@@ -22,7 +22,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default="var/snapshots/latest", help="snapshot folder to write")
     parser.add_argument("--variant", default="features_history", choices=ABLATIONS,
                         help="model variant of `eval offline --ablation` (default features_history:"
-                             " content features keep new items retrievable before their first click)")
+                             " content features keep new items retrievable before their first click;"
+                             " variant default takes one full-catalogue step per epoch: give it"
+                             " --epochs 100 or more)")
     parser.add_argument("--with-optimizer", action="store_true",
                         help="also save the optimizer state (twice the weights' size, for resuming)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -41,11 +43,12 @@ def run(args, settings) -> int:
     data = load_movielens(args.dataset, args.data_dir)
     ratings = data.ratings
     interactions = Interactions(ratings["user_id"], ratings["item_id"], ratings["timestamp"])
-    model_config, train_config, _, history_dropout = protocol_setup("recbole", args.variant)
-    trainer = OfflineTrainer(model_config, train_config, users=data.users, items=data.items,
+    setup = protocol_setup("recbole", args.variant)
+    train_config = setup.train
+    trainer = OfflineTrainer(setup.model, train_config, users=data.users, items=data.items,
                              catalog=sorted(data.items),
                              settings=OfflineSettings(seed=settings.seed,
-                                                      history_dropout=history_dropout))
+                                                      history_dropout=setup.history_dropout))
     trainer.fit_history(interactions)
     losses = [round(trainer.train_epoch(interactions), 4) for _ in range(args.epochs)]
     data_range = {
