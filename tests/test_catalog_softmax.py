@@ -98,6 +98,7 @@ def test_gradients_reach_every_catalogue_item_and_the_queries():
         ((torch.ones(2, 3), torch.ones(4, 3), [0], [4]), {}, "index"),
         ((torch.ones(2, 3), torch.ones(4, 3), [0], [1]), {"temperature": 0.0}, "temperature"),
         ((torch.ones(2, 3), torch.ones(4, 3), [0], [1]), {"sample_weight": [1.0, 2.0]}, "sample_weight"),
+        ((torch.ones(2, 3), torch.ones(4, 3), [0], [1]), {"sample_weight": [-1.0]}, "non-negative"),
     ],
 )
 def test_rejects_bad_arguments(arguments, options, message):

@@ -66,6 +66,8 @@ def catalog_softmax(
         weight = torch.as_tensor(sample_weight, dtype=losses.dtype)
         if weight.shape != losses.shape:
             raise ValueError(f"sample_weight must be [{len(losses)}], got {tuple(weight.shape)}")
+        if (weight < 0).any():
+            raise ValueError("sample_weight must be non-negative")
         losses = losses * weight
     return losses.mean()
 
