@@ -15,6 +15,10 @@ only, never the held-out ones.
 logQ: an item's sampling probability as an in-batch candidate is its share of
 the training interactions.
 
+With ``TrainConfig(loss="catalog_softmax")`` a step takes whole users instead
+of pairs and scores them against every catalog item
+(:func:`model.train_step.catalog_step`); nothing is sampled, so logQ is unused.
+
 Examples
 --------
 >>> import numpy as np
