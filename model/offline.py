@@ -283,8 +283,9 @@ class OfflineTrainer:
         """Apply ``step`` to each batch under a progress bar; the epoch's mean loss."""
         from tqdm import tqdm
 
+        # a one-step epoch needs no bar of its own (the caller's epoch bar shows progress)
         bar = tqdm(batches, total=count, desc=f"epoch {self.epochs_trained + 1}", unit="batch",
-                   disable=not self.settings.progress, leave=False)
+                   disable=not self.settings.progress or count <= 1, leave=False)
         total, steps = 0.0, 0
         for batch in bar:
             total += step(self.model, self.optimizers, batch, self.train_config)
@@ -366,13 +367,19 @@ def run_recbole_protocol(data: Interactions, *, users: Mapping[str, Mapping],
 
     best: tuple[float, int, dict, dict] | None = None
     waited = 0
-    for epoch in range(1, max_epochs + 1):
+    from tqdm import tqdm
+
+    # one bar over the epochs (an epoch may be a single step), with the running best
+    epochs = tqdm(range(1, max_epochs + 1), desc="recbole", unit="epoch",
+                  disable=not settings.progress)
+    for epoch in epochs:
         trainer.train_epoch(train)
         valid = topk_metrics(ranked(trainer.score_users(user_list.tolist()), VALID),
                              relevant[VALID], k)
         if best is None or valid[f"mrr@{k}"] > best[0]:
             best = (valid[f"mrr@{k}"], epoch, valid, copy.deepcopy(trainer.model.state_dict()))
             waited = 0
+            epochs.set_postfix(best_valid_mrr=best[0], best_epoch=epoch)
         else:
             waited += 1
             if waited >= patience:
