@@ -157,6 +157,7 @@ class OfflineTrainer:
         self._user_inputs: dict[str, torch.Tensor] = {}
         self._history_codes = torch.zeros(0, 0, dtype=torch.long)
         self._log_q = torch.zeros(len(self.catalog))
+        self._fitted: tuple[Interactions, np.ndarray, np.ndarray] | None = None
         self.epochs_trained = 0
 
     # --- data preparation -----------------------------------------------------------------
@@ -168,9 +169,9 @@ class OfflineTrainer:
         """
         user_list = sorted(set(train.user_ids.tolist()) | set(self.users))
         self._user_row = {user_id: row for row, user_id in enumerate(user_list)}
-        codes = self._item_codes(train.item_ids)
-        rows = np.fromiter((self._user_row[u] for u in train.user_ids.tolist()), dtype=np.int64,
-                           count=len(train))
+        self._fitted = None  # the user rows just changed
+        rows, codes = self._encode_pairs(train)
+        self._fitted = (train, rows, codes)  # train_epoch(train) reuses the encoding
         self._user_inputs = self.model.encode_users(user_list, self.users)
         self._history_codes = self._encode_histories(rows, codes, train.timestamps, len(user_list))
         counts = np.bincount(codes, minlength=len(self.catalog)).astype(np.float64)
@@ -195,6 +196,14 @@ class OfflineTrainer:
 
     def _history_spec(self) -> History | None:
         return next((s for s in self.model.config.user_features if isinstance(s, History)), None)
+
+    def _encode_pairs(self, data: Interactions) -> tuple[np.ndarray, np.ndarray]:
+        """User rows and catalog codes of ``data``'s pairs (the fitted set's are kept)."""
+        if self._fitted is not None and data is self._fitted[0]:
+            return self._fitted[1], self._fitted[2]
+        rows = np.fromiter((self._user_row[u] for u in data.user_ids.tolist()), dtype=np.int64,
+                           count=len(data))
+        return rows, self._item_codes(data.item_ids)
 
     def _item_codes(self, item_ids: np.ndarray) -> np.ndarray:
         try:
@@ -261,9 +270,7 @@ class OfflineTrainer:
 
     def train_epoch(self, train: Interactions) -> float:
         """One shuffled pass over ``train``; returns the mean loss."""
-        user_rows = np.fromiter((self._user_row[u] for u in train.user_ids.tolist()),
-                                dtype=np.int64, count=len(train))
-        codes = self._item_codes(train.item_ids)
+        user_rows, codes = self._encode_pairs(train)
         if self.train_config.loss == "catalog_softmax":
             users = self._rng.permutation(np.unique(user_rows))
             size = self.settings.users_per_step or max(len(users), 1)
