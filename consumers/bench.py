@@ -1,9 +1,10 @@
 """``recallstream bench NAME``: benchmark commands that print figures as JSON.
 
 Each benchmark lives in its own module exposing ``add_arguments(parser)`` and
-``run(args, settings) -> dict``; this module only routes to them. Benchmarks
-report medians over several runs and, where there is one, a baseline measured
-in the same run, because the machines are shared and noisy.
+``run(args, settings) -> dict``; this module routes to them and holds the
+synthetic click stream several of them draw (:func:`zipf_item_batches`).
+Benchmarks report medians over several runs and, where there is one, a baseline
+measured in the same run, because the machines are shared and noisy.
 """
 
 from __future__ import annotations
@@ -49,3 +50,22 @@ def _runner(module):
                 print(f"{key}: {value}")
         return 0
     return run
+
+
+def zipf_item_batches(seed: int, catalog: int, steps: int, batch_size: int,
+                      exponent: float) -> list[list[str]]:
+    """``steps`` batches of ``batch_size`` ids ``item-<rank>``, ranks drawn from a Zipf law.
+
+    Examples
+    --------
+    >>> batches = zipf_item_batches(0, catalog=100, steps=3, batch_size=4, exponent=1.1)
+    >>> len(batches), len(batches[0]), batches[0][0].startswith("item-")
+    (3, 4, True)
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, catalog + 1, dtype=np.float64)
+    shares = ranks ** -exponent / np.sum(ranks ** -exponent)
+    drawn = rng.choice(catalog, size=(steps, batch_size), p=shares)
+    return [[f"item-{i}" for i in row] for row in drawn.tolist()]

@@ -23,15 +23,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> dict:
-    import numpy as np
-
+    from consumers.bench import zipf_item_batches
     from streaming.popularity import FrequencyEstimator
 
-    rng = np.random.default_rng(settings.seed)
-    ranks = np.arange(1, args.catalog + 1, dtype=np.float64)
-    shares = ranks ** -args.zipf / np.sum(ranks ** -args.zipf)
-    drawn = rng.choice(args.catalog, size=(args.steps, settings.batch_size), p=shares)
-    batches = [[f"item-{i}" for i in row] for row in drawn.tolist()]
+    batches = zipf_item_batches(settings.seed, args.catalog, args.steps, settings.batch_size,
+                                args.zipf)
     ids_per_run = args.steps * settings.batch_size
 
     estimator = FrequencyEstimator(args.num_buckets, args.alpha, args.num_hashes,

@@ -26,13 +26,11 @@ def add_arguments(parser) -> None:
 def run(args, settings) -> dict:
     import numpy as np
 
+    from consumers.bench import zipf_item_batches
     from model.samplers import UnigramSampler
 
-    rng = np.random.default_rng(settings.seed)
-    ranks = np.arange(1, args.catalog + 1, dtype=np.float64)
-    shares = ranks ** -args.zipf / np.sum(ranks ** -args.zipf)
-    batches = [[f"item-{i}" for i in row]
-                for row in rng.choice(args.catalog, size=(args.steps, settings.batch_size), p=shares).tolist()]
+    batches = zipf_item_batches(settings.seed, args.catalog, args.steps, settings.batch_size,
+                                args.zipf)
     catalog = [f"item-{i}" for i in range(args.catalog)]
 
     def sampler_steps(rebuild_every: int) -> float:
