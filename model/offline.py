@@ -357,6 +357,8 @@ def run_recbole_protocol(data: Interactions, *, users: Mapping[str, Mapping],
     Returns one flat dict: test metrics, ``popularity_`` metrics, ``valid_`` metrics of the
     chosen epoch, and the settings used.
     """
+    if max_epochs < 1 or patience < 0:
+        raise ValueError(f"need max_epochs >= 1 and patience >= 0, got {max_epochs}, {patience}")
     user_list, user_codes = np.unique(data.user_ids, return_inverse=True)
     parts = recbole_split(user_codes, seed=split_seed)
     trainer = OfflineTrainer(model_config, train_config, users=users, items=items,
@@ -423,6 +425,8 @@ def run_tfrs_protocol(data: Interactions, *, users: Mapping[str, Mapping],
     of test interactions whose item is in the user's top K of all items, nothing masked. The
     protocol has no validation set, so the number of epochs is fixed in advance.
     """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
     train_index, test_index = tfrs_split(len(data), seed=split_seed, train_size=train_size,
                                          test_size=test_size)
     trainer = OfflineTrainer(model_config, train_config, users=users, items=items,

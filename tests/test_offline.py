@@ -145,3 +145,15 @@ def test_one_epoch_smoke_on_movielens_100k():
         model_config=movielens_config(), train_config=TrainConfig(),
         settings=OfflineSettings(progress=False), max_epochs=1)
     assert figures["recall@10"] > figures["popularity_recall@10"]
+
+
+def test_protocols_refuse_epoch_budgets_that_train_nothing():
+    data, catalog = planted_clusters(users=10, per_user=10)
+    common = dict(users={}, items={}, catalog=catalog, model_config=small_config(),
+                  train_config=TrainConfig(), settings=OfflineSettings(progress=False))
+    with pytest.raises(ValueError, match="max_epochs >= 1"):
+        run_recbole_protocol(data, max_epochs=0, **common)
+    with pytest.raises(ValueError, match="patience >= 0"):
+        run_recbole_protocol(data, max_epochs=3, patience=-1, **common)
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        run_tfrs_protocol(data, epochs=0, train_size=60, test_size=20, **common)
