@@ -45,6 +45,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(Exception):
+    """Bad input a command finds after parsing (e.g. a dataset folder without MovieLens
+    files): :func:`main` prints it on one line, without a traceback, and exits with 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts that must be at least 1.
+
+    Examples
+    --------
+    >>> positive_int("3")
+    3
+    >>> positive_int("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be at least 1, got 0
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def load_dataset(name: str, data_dir: str | None):
+    """:func:`streaming.movielens.load_movielens`, with its errors as :class:`UsageError`."""
+    from streaming.movielens import DatasetUnavailable, load_movielens
+
+    try:
+        return load_movielens(name, data_dir)
+    except (ValueError, DatasetUnavailable) as error:
+        raise UsageError(str(error)) from None
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     names = Settings.__dataclass_fields__.keys()
     return Settings.resolve(flags={n: getattr(args, n, None) for n in names})
@@ -57,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    return int(args.func(args, settings) or 0)
+    try:
+        return int(args.func(args, settings) or 0)
+    except UsageError as error:
+        print(f"recallstream {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 def print_json(obj) -> None:

@@ -23,6 +23,8 @@ HEADLINE = {"recbole": ("recall@10", "ndcg@10", "mrr@10"), "tfrs": ("top10", "to
 
 
 def add_parser(subparsers) -> None:
+    from consumers.cli import positive_int
+
     group = subparsers.add_parser("eval", help="evaluate the model (offline protocols)")
     commands = group.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
     parser = commands.add_parser(
@@ -31,7 +33,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dataset", default="ml-100k", help="ml-100k (default) or ml-1m")
     parser.add_argument("--data-dir", default=None, help="folder with the dataset files")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="recbole")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help="recbole: maximum epochs (early stopping); tfrs: epochs")
     parser.add_argument("--ablation", nargs="*", choices=ABLATIONS, default=None,
                         help="run these variants (all when none is named) and print their metrics")
@@ -67,11 +69,11 @@ def run(args, settings) -> int:
 
 def evaluate(args, settings, variant: str) -> dict:
     """Run ``args.protocol`` with the model of ``variant``; the figures and settings used."""
+    from consumers.cli import load_dataset
     from model.offline import (Interactions, OfflineSettings, run_recbole_protocol,
                                run_tfrs_protocol)
-    from streaming.movielens import load_movielens
 
-    data = load_movielens(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir)
     interactions = Interactions(data.ratings["user_id"], data.ratings["item_id"],
                                 data.ratings["timestamp"])
     setup = protocol_setup(args.protocol, variant)

@@ -13,12 +13,15 @@ from consumers.evaluate import ABLATIONS
 
 
 def add_parser(subparsers) -> None:
+    from consumers.cli import positive_int
+
     parser = subparsers.add_parser(
         "train", parents=[subparsers.settings_parent],
         help="train the two towers from scratch and write a snapshot")
     parser.add_argument("--dataset", default="ml-100k", help="ml-100k (default) or ml-1m")
     parser.add_argument("--data-dir", default=None, help="folder with the dataset files")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    parser.add_argument("--epochs", type=positive_int, default=10,
+                        help="training epochs (default 10)")
     parser.add_argument("--out", default="var/snapshots/latest", help="snapshot folder to write")
     parser.add_argument("--variant", default="features_history", choices=ABLATIONS,
                         help="model variant of `eval offline --ablation` (default features_history:"
@@ -32,15 +35,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, settings) -> int:
-    from consumers.cli import print_json
+    from consumers.cli import load_dataset, print_json
+    from consumers.evaluate import protocol_setup
     from model.offline import Interactions, OfflineSettings, OfflineTrainer
     from model.snapshot import save_snapshot
-    from consumers.evaluate import protocol_setup
-    from streaming.movielens import load_movielens
 
-    if args.epochs < 1:
-        raise SystemExit("--epochs must be at least 1")
-    data = load_movielens(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir)
     ratings = data.ratings
     interactions = Interactions(ratings["user_id"], ratings["item_id"], ratings["timestamp"])
     setup = protocol_setup("recbole", args.variant)

@@ -152,7 +152,7 @@ def load_movielens(name: str = "ml-100k", data_dir: str | os.PathLike | None = N
         return _load_directory(name, Path(data_dir))
     if name not in WHEEL_DATASETS:
         raise ValueError(f"{name} is not shipped in the recbole wheel; pass data_dir "
-                         f"(a folder with its GroupLens files)")
+                         f"(--data-dir), a folder with its GroupLens files")
     wheel = recbole_wheel()
     with zipfile.ZipFile(wheel) as archive:
         def lines(suffix: str) -> Iterator[str]:
