@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 
+from consumers.usage import positive_int
+
 # benchmark name -> module; each module has add_arguments(parser) and run(args, settings) -> dict
 BENCHMARKS: dict[str, str] = {
     "pipeline": "consumers.bench_pipeline",
@@ -33,7 +35,8 @@ def add_parser(subparsers) -> None:
         sub = names.add_parser(name, parents=[subparsers.settings_parent],
                                help=(module.__doc__ or "").strip().splitlines()[0])
         sub.add_argument("--json", action="store_true", help="print one JSON object")
-        sub.add_argument("--runs", type=int, default=5, help="repetitions; the median is reported")
+        sub.add_argument("--runs", type=positive_int, default=5,
+                         help="repetitions; the median is reported")
         module.add_arguments(sub)
         sub.set_defaults(func=_runner(module))
 

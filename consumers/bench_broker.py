@@ -27,8 +27,6 @@ def add_arguments(parser) -> None:
 def run(args, settings) -> dict[str, Any]:
     from consumers.local_kafka import LocalBroker, fetch_jars, free_port, kafka_version
 
-    if args.runs < 1:
-        raise ValueError("--runs must be >= 1")
     fetch_jars(settings.kafka_cache_dir)
     began = time.perf_counter()
     jars = fetch_jars(settings.kafka_cache_dir)

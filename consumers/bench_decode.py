@@ -17,18 +17,19 @@ import statistics
 import time
 from typing import Any
 
+from consumers.usage import positive_int
+
 TARGET_VALID_PER_S = 200_000
 # Share of invalid records in the mixed stream (poison input is rare but real).
 MIXED_INVALID_SHARE = 0.1
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--records", type=int, default=100_000, help="records per mix and run")
+    parser.add_argument("--records", type=positive_int, default=100_000,
+                        help="records per mix and run")
 
 
 def run(args, settings) -> dict[str, Any]:
-    if args.records < 1 or args.runs < 1:
-        raise ValueError("--records and --runs must be >= 1")
     rng = random.Random(settings.seed)
     mixes = {
         "valid_exposures": ("exposures", [_exposure(rng, n) for n in range(args.records)]),

@@ -26,12 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from consumers.usage import positive_int
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=5_000, help="clicks trained before probing")
     parser.add_argument("--rate", type=float, default=500.0,
                         help="background clicks/s produced while probing")
-    parser.add_argument("--probes", type=int, default=40, help="probe clicks per run")
+    parser.add_argument("--probes", type=positive_int, default=40, help="probe clicks per run")
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between probes")
     parser.add_argument("--timeout", type=float, default=30.0, help="give up on a probe after S s")
 

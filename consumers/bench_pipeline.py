@@ -30,9 +30,12 @@ import time
 import uuid
 from typing import Any
 
+from consumers.usage import positive_int
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--limit", type=int, default=20_000, help="clicks replayed for the runs")
+    parser.add_argument("--limit", type=positive_int, default=20_000,
+                        help="clicks replayed for the runs")
 
 
 def run(args, settings) -> dict[str, Any]:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import statistics
 import time
 
+from consumers.usage import positive_int
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--steps", type=int, default=300, help="steps per run")
-    parser.add_argument("--catalog", type=int, default=50_000, help="distinct item ids")
+    parser.add_argument("--steps", type=positive_int, default=300, help="steps per run")
+    parser.add_argument("--catalog", type=positive_int, default=50_000, help="distinct item ids")
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of item ranks")
-    parser.add_argument("--num-buckets", type=int, default=1 << 20, help="buckets per hash")
-    parser.add_argument("--num-hashes", type=int, default=1, help="hash functions")
+    parser.add_argument("--num-buckets", type=positive_int, default=1 << 20,
+                        help="buckets per hash")
+    parser.add_argument("--num-hashes", type=positive_int, default=1, help="hash functions")
     parser.add_argument("--alpha", type=float, default=0.01, help="gap learning rate")
 
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 import statistics
 import time
 
+from consumers.usage import positive_int
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--sizes", default="1682,50000",
                         help="comma-separated catalog sizes (default: ml-100k items and 50k)")
-    parser.add_argument("--dim", type=int, default=64, help="vector dimension")
-    parser.add_argument("--queries", type=int, default=100, help="searches per run")
-    parser.add_argument("--limit", type=int, default=100, help="top-k of each search")
+    parser.add_argument("--dim", type=positive_int, default=64, help="vector dimension")
+    parser.add_argument("--queries", type=positive_int, default=100, help="searches per run")
+    parser.add_argument("--limit", type=positive_int, default=100, help="top-k of each search")
 
 
 def run(args, settings) -> dict:

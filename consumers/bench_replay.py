@@ -19,9 +19,11 @@ import time
 import uuid
 from typing import Any
 
+from consumers.usage import UsageError, positive_int
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--limit", type=int, default=20_000,
+    parser.add_argument("--limit", type=positive_int, default=20_000,
                         help="ratings replayed per run (each with its exposures)")
 
 
@@ -30,10 +32,8 @@ def run(args, settings) -> dict[str, Any]:
     from streaming.kafka_io import wait_for_broker
     from streaming.movielens import load_movielens
 
-    if args.limit < 1 or args.runs < 1:
-        raise ValueError("--limit and --runs must be >= 1")
     if not wait_for_broker(settings, timeout_s=10):
-        raise ValueError(f"no Kafka broker answers at {settings.bootstrap_servers}; start one "
+        raise UsageError(f"no Kafka broker answers at {settings.bootstrap_servers}; start one "
                          f"with `recallstream broker start` or set KAFKA_BOOTSTRAP_SERVERS")
     plan = ReplayPlan(load_movielens("ml-100k"), limit=args.limit, seed=settings.seed,
                       name="ml-100k")

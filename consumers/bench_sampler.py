@@ -14,12 +14,16 @@ from __future__ import annotations
 import statistics
 import time
 
+from consumers.usage import positive_int
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--steps", type=int, default=50, help="training steps per run")
-    parser.add_argument("--catalog", type=int, default=100_000, help="distinct item ids")
-    parser.add_argument("--negatives", type=int, default=1024, help="random negatives drawn per step")
-    parser.add_argument("--rebuild-every", type=int, default=10, help="lazy rebuild period of the second variant")
+    parser.add_argument("--steps", type=positive_int, default=50, help="training steps per run")
+    parser.add_argument("--catalog", type=positive_int, default=100_000, help="distinct item ids")
+    parser.add_argument("--negatives", type=positive_int, default=1024,
+                        help="random negatives drawn per step")
+    parser.add_argument("--rebuild-every", type=positive_int, default=10,
+                        help="lazy rebuild period of the second variant")
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of item ranks")
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import statistics
 import time
 
+from consumers.usage import positive_int
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per run")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--steps", type=positive_int, default=20, help="timed steps per run")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
 
 
 def run(args, settings) -> dict:

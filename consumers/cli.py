@@ -14,6 +14,7 @@ import sys
 
 import orjson
 
+from consumers.usage import UsageError
 from streaming.settings import Settings, add_setting_flags
 
 # One module per command (or command group); order is the order of --help.
@@ -43,42 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(subparsers)
     return parser
-
-
-class UsageError(Exception):
-    """Bad input a command finds after parsing (e.g. a dataset folder without MovieLens
-    files): :func:`main` prints it on one line, without a traceback, and exits with 2."""
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type`` for counts that must be at least 1.
-
-    Examples
-    --------
-    >>> positive_int("3")
-    3
-    >>> positive_int("0")
-    Traceback (most recent call last):
-    ...
-    argparse.ArgumentTypeError: must be at least 1, got 0
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def load_dataset(name: str, data_dir: str | None):
-    """:func:`streaming.movielens.load_movielens`, with its errors as :class:`UsageError`."""
-    from streaming.movielens import DatasetUnavailable, load_movielens
-
-    try:
-        return load_movielens(name, data_dir)
-    except (ValueError, DatasetUnavailable) as error:
-        raise UsageError(str(error)) from None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

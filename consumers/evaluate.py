@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from consumers.usage import load_dataset, positive_int
+
 PROTOCOLS = ("recbole", "tfrs")
 ABLATIONS = ("default", "in_batch", "no_log_q", "triplet_hinge", "triplet_logistic", "pointwise",
              "contrastive", "dat", "linear_projection", "features", "features_history")
@@ -23,8 +25,6 @@ HEADLINE = {"recbole": ("recall@10", "ndcg@10", "mrr@10"), "tfrs": ("top10", "to
 
 
 def add_parser(subparsers) -> None:
-    from consumers.cli import positive_int
-
     group = subparsers.add_parser("eval", help="evaluate the model (offline protocols)")
     commands = group.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
     parser = commands.add_parser(
@@ -69,7 +69,6 @@ def run(args, settings) -> int:
 
 def evaluate(args, settings, variant: str) -> dict:
     """Run ``args.protocol`` with the model of ``variant``; the figures and settings used."""
-    from consumers.cli import load_dataset
     from model.offline import (Interactions, OfflineSettings, run_recbole_protocol,
                                run_tfrs_protocol)
 

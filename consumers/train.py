@@ -10,11 +10,10 @@ snapshot folder (weights with feature state, configs, data range) that
 from __future__ import annotations
 
 from consumers.evaluate import ABLATIONS
+from consumers.usage import load_dataset, positive_int
 
 
 def add_parser(subparsers) -> None:
-    from consumers.cli import positive_int
-
     parser = subparsers.add_parser(
         "train", parents=[subparsers.settings_parent],
         help="train the two towers from scratch and write a snapshot")
@@ -35,7 +34,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, settings) -> int:
-    from consumers.cli import load_dataset, print_json
+    from consumers.cli import print_json
     from consumers.evaluate import protocol_setup
     from model.offline import Interactions, OfflineSettings, OfflineTrainer
     from model.snapshot import save_snapshot
