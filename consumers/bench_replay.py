@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from consumers.usage import UsageError, positive_int
+from consumers.usage import positive_int, require_broker
 
 
 def add_arguments(parser) -> None:
@@ -29,12 +29,9 @@ def add_arguments(parser) -> None:
 
 def run(args, settings) -> dict[str, Any]:
     from consumers.replay import PRODUCER_OPTIONS, ReplayPlan
-    from streaming.kafka_io import wait_for_broker
     from streaming.movielens import load_movielens
 
-    if not wait_for_broker(settings, timeout_s=10):
-        raise UsageError(f"no Kafka broker answers at {settings.bootstrap_servers}; start one "
-                         f"with `recallstream broker start` or set KAFKA_BOOTSTRAP_SERVERS")
+    require_broker(settings)
     plan = ReplayPlan(load_movielens("ml-100k"), limit=args.limit, seed=settings.seed,
                       name="ml-100k")
     events = plan.num_clicks + plan.num_exposures

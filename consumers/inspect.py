@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from consumers.usage import require_broker
+
 UNREADABLE_DEAD_LETTER = "unreadable_dead_letter"
 
 
@@ -36,6 +38,7 @@ def run(args, settings) -> int:
     if kind is None:
         print(f"error: {args.topic!r} is none of the configured topics; pass --kind")
         return 2
+    require_broker(settings)
     try:
         report = count_records(args.topic, kind, read_topic(settings, args.topic))
     except ValueError as error:  # the topic does not exist

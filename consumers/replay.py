@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from consumers.usage import require_broker
 from streaming.events import EntityRecord
 from streaming.impressions import ImpressionSimulator
 from streaming.movielens import MovieLens
@@ -299,6 +300,7 @@ def run(args, settings) -> int:
         plan = ReplayPlan(dataset, limit=args.limit, exposures_per_click=args.exposures_per_click,
                           seed=settings.seed, name=args.dataset)
         plan.simulator()  # validates K against the catalog before anything is sent
+        require_broker(settings)
         # Idempotent; without it the broker could auto-create the topics without compaction
         # and with a default partition count.
         create_topics(settings)

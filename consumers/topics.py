@@ -7,6 +7,8 @@ settings; see :func:`streaming.kafka_io.create_topics`.
 
 from __future__ import annotations
 
+from consumers.usage import require_broker
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("topics", help="manage the Kafka topics")
@@ -20,6 +22,7 @@ def add_parser(subparsers) -> None:
 def run_create(args, settings) -> int:
     from streaming.kafka_io import create_topics, topic_layout
 
+    require_broker(settings)
     try:
         created = create_topics(settings)
     except ValueError as error:

@@ -46,3 +46,17 @@ def load_dataset(name: str, data_dir: str | None):
         return load_movielens(name, data_dir)
     except (ValueError, DatasetUnavailable) as error:
         raise UsageError(str(error)) from None
+
+
+# How long a command waits for the broker to answer before giving up with a UsageError.
+BROKER_WAIT_S = 10.0
+
+
+def require_broker(settings) -> None:
+    """Return once a Kafka broker answers at ``settings.bootstrap_servers``; a
+    :class:`UsageError` that says how to start one if none does within ``BROKER_WAIT_S``."""
+    from streaming.kafka_io import wait_for_broker
+
+    if not wait_for_broker(settings, timeout_s=BROKER_WAIT_S):
+        raise UsageError(f"no Kafka broker answers at {settings.bootstrap_servers}; start one "
+                         f"with `recallstream broker start` or set KAFKA_BOOTSTRAP_SERVERS")

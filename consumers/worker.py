@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from consumers.usage import positive_int, require_broker
 from streaming.alignment import RecordAligner
 from streaming.events import EntityRecord
 from streaming.minibatch import Minibatcher
@@ -405,7 +406,7 @@ def add_parser(subparsers) -> None:
         help="consume events, train the towers incrementally, keep Qdrant fresh")
     parser.add_argument("--exit-when-idle", type=float, default=None, metavar="S",
                         help="stop after S seconds with nothing to read (default: run forever)")
-    parser.add_argument("--max-batches", type=int, default=None,
+    parser.add_argument("--max-batches", type=positive_int, default=None,
                         help="stop after this many batches")
     parser.add_argument("--lock-timeout", type=float, default=0.0, metavar="S",
                         help="wait up to S seconds for another worker to release the model")
@@ -419,6 +420,7 @@ def run(args, settings: Settings) -> int:
     from model.checkpoint import CheckpointLocked
     from streaming.prefetch import StalledIngestion
 
+    require_broker(settings)
     worker = Worker(settings, WorkerOptions(exit_when_idle_s=args.exit_when_idle,
                                             max_batches=args.max_batches,
                                             lock_timeout_s=args.lock_timeout,
