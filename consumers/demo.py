@@ -22,11 +22,13 @@ import uuid
 
 import orjson
 
+from consumers.usage import positive_int
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", parents=[subparsers.settings_parent],
                                    help="run the whole job on MovieLens-100K and report")
-    parser.add_argument("--limit", type=int, default=None, help="replay only N ratings")
+    parser.add_argument("--limit", type=positive_int, default=None, help="replay only N ratings")
     parser.add_argument("--rate", type=float, default=40_000.0,
                         help="replay rate in events/s (exposures + clicks)")
     parser.add_argument("--users", default="1,196,405",
