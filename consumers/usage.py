@@ -1,9 +1,10 @@
 """Checks of command-line input shared by the commands.
 
-A command that finds bad input after parsing raises :class:`UsageError`;
-``recallstream``'s ``main`` prints it on one line and exits with status 2.
-Counts use :func:`positive_int` as their argparse ``type``, so argparse itself
-rejects them. (This module is separate from ``consumers.cli`` so that the
+A command that finds bad input after parsing raises :class:`UsageError`
+(:func:`load_dataset` for a bad ``--dataset``/``--data-dir``, :func:`require_broker`
+when no Kafka broker answers); ``recallstream``'s ``main`` prints it on one line
+and exits with status 2. Counts use :func:`positive_int` as their argparse
+``type``, so argparse itself rejects them. (This module is separate from ``consumers.cli`` so that the
 class is one and the same when the CLI runs as ``python -m consumers.cli``.)
 """
 
@@ -39,7 +40,15 @@ def positive_int(text: str) -> int:
 
 
 def load_dataset(name: str, data_dir: str | None):
-    """:func:`streaming.movielens.load_movielens`, with its errors as :class:`UsageError`."""
+    """:func:`streaming.movielens.load_movielens`, with its errors as :class:`UsageError`.
+
+    Examples
+    --------
+    >>> load_dataset("ml-9m", None)
+    Traceback (most recent call last):
+    ...
+    consumers.usage.UsageError: unknown dataset 'ml-9m'; expected one of ('ml-100k', 'ml-1m')
+    """
     from streaming.movielens import DatasetUnavailable, load_movielens
 
     try:
