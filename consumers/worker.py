@@ -25,6 +25,7 @@ again, so the embedded ``:memory:`` mode loses nothing when the process dies.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -356,9 +357,10 @@ class Worker:
         import sys
 
         r = self.report()
+        loss = "-" if math.isnan(r["last_loss"]) else f"{r['last_loss']:.3f}"  # none trained yet
         sys.stderr.write(f"\rworker: {r['clicks_trained']:>8} clicks trained  {r['batches']:>5} batches  "
                          f"{r['exposures_seen']:>8} exposures  {r['dead_lettered']} dead letters  "
-                         f"loss {r['last_loss']:.3f}")
+                         f"loss {loss}")
         sys.stderr.flush()
 
 

@@ -1,0 +1,24 @@
+"""The worker's progress line (pure formatting, no Kafka): no loss is shown before the first
+trained batch instead of ``nan``."""
+
+import types
+
+from consumers.worker import Worker
+
+
+def progress_line(capsys, **report):
+    fields = {"clicks_trained": 0, "batches": 0, "exposures_seen": 0, "dead_lettered": 0,
+              "last_loss": float("nan"), **report}
+    Worker._print_progress(types.SimpleNamespace(report=lambda: fields))
+    return capsys.readouterr().err
+
+
+def test_before_the_first_batch_the_loss_is_a_dash(capsys):
+    assert progress_line(capsys).rstrip().endswith("loss -")
+
+
+def test_after_a_batch_the_loss_has_three_decimals(capsys):
+    line = progress_line(capsys, clicks_trained=1024, batches=1, exposures_seen=4096,
+                         last_loss=6.40213)
+    assert line.startswith("\rworker:") and "1024 clicks trained" in line
+    assert line.rstrip().endswith("loss 6.402")
