@@ -43,14 +43,9 @@ def add_parser(subparsers) -> None:
 
 def _runner(module):
     def run(args, settings) -> int:
-        from consumers.cli import print_json
+        from consumers.cli import print_report
 
-        figures = module.run(args, settings)
-        if args.json:
-            print_json(figures)
-        else:
-            for key, value in figures.items():
-                print(f"{key}: {value}")
+        print_report(module.run(args, settings), args.json)
         return 0
     return run
 

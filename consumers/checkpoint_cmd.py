@@ -30,7 +30,7 @@ def summarize(state: dict, path: str) -> dict:
 
 
 def run_inspect(args, settings) -> int:
-    from consumers.cli import print_json
+    from consumers.cli import print_report
     from model.checkpoint import CheckpointStore
 
     store = CheckpointStore(settings.checkpoint_dir)
@@ -39,10 +39,5 @@ def run_inspect(args, settings) -> int:
     if state is None:
         print(f"no checkpoint in {settings.checkpoint_dir}")
         return 1
-    summary = summarize(state, str(paths[-1]))
-    if args.json:
-        print_json(summary)
-    else:
-        for key, value in summary.items():
-            print(f"{key}: {value}")
+    print_report(summarize(state, str(paths[-1])), args.json)
     return 0

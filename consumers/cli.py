@@ -71,5 +71,21 @@ def print_json(obj) -> None:
     sys.stdout.flush()
 
 
+def print_report(figures: dict, as_json: bool) -> None:
+    """Print ``figures`` as one JSON object (``--json``) or as one ``key: value`` line each.
+
+    Examples
+    --------
+    >>> print_report({"batches": 3, "dead_lettered": 0}, as_json=False)
+    batches: 3
+    dead_lettered: 0
+    """
+    if as_json:
+        print_json(figures)
+        return
+    for key, value in figures.items():
+        print(f"{key}: {value}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -418,7 +418,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, settings: Settings) -> int:
-    from consumers.cli import print_json
+    from consumers.cli import print_report
     from model.checkpoint import CheckpointLocked
     from streaming.prefetch import StalledIngestion
 
@@ -438,9 +438,5 @@ def run(args, settings: Settings) -> int:
         print(f"recallstream worker: {error}; restart it: it resumes from its last checkpoint",
               flush=True)
         return 4
-    if args.json:
-        print_json(report)
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value}")
+    print_report(report, args.json)
     return 0
