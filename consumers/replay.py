@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from consumers.usage import require_broker
+from consumers.usage import UsageError, load_dataset, require_broker
 from streaming.events import EntityRecord
 from streaming.impressions import ImpressionSimulator
 from streaming.movielens import MovieLens
@@ -290,13 +290,12 @@ def add_parser(subparsers) -> None:
 def run(args, settings) -> int:
     from consumers.cli import print_json
     from streaming.kafka_io import create_topics
-    from streaming.movielens import DatasetUnavailable, load_movielens
 
     rate = None if args.max else (DEFAULT_RATE if args.rate is None else args.rate)
+    if rate is not None and not rate > 0:
+        raise UsageError(f"--rate must be positive, got {rate}")
+    dataset = load_dataset(args.dataset, args.data_dir)
     try:
-        if rate is not None and not rate > 0:
-            raise ValueError(f"--rate must be positive, got {rate}")
-        dataset = load_movielens(args.dataset, args.data_dir)
         plan = ReplayPlan(dataset, limit=args.limit, exposures_per_click=args.exposures_per_click,
                           seed=settings.seed, name=args.dataset)
         plan.simulator()  # validates K against the catalog before anything is sent
@@ -304,9 +303,8 @@ def run(args, settings) -> int:
         # Idempotent; without it the broker could auto-create the topics without compaction
         # and with a default partition count.
         create_topics(settings)
-    except (ValueError, DatasetUnavailable) as error:
-        print(f"recallstream replay: {error}", file=sys.stderr)
-        return 2
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     summary = publish(plan, settings, rate=rate, progress=not args.no_progress)
     if args.json:
         print_json(summary.as_dict())
