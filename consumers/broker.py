@@ -2,7 +2,7 @@
 
 The broker listens on 127.0.0.1:``--port`` (default the ``broker_port``
 setting, 9092) and keeps its data, logs and pid file in ``--data-dir``
-(default ``var/kafka``); see :mod:`consumers.local_kafka`. Several brokers can
+(default ``var/kafka``); see :mod:`recallstream.consumers.local_kafka`. Several brokers can
 run side by side with different ports and folders.
 """
 
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_start(args, settings) -> int:
-    from consumers.local_kafka import BrokerError, LocalBroker
+    from recallstream.consumers.local_kafka import BrokerError, LocalBroker
 
     try:
         broker = LocalBroker.from_settings(settings)
@@ -43,7 +43,7 @@ def run_start(args, settings) -> int:
 
 
 def run_stop(args, settings) -> int:
-    from consumers.local_kafka import LocalBroker
+    from recallstream.consumers.local_kafka import LocalBroker
 
     broker = LocalBroker.from_settings(settings)
     stopped = broker.stop()
@@ -52,7 +52,7 @@ def run_stop(args, settings) -> int:
 
 
 def run_status(args, settings) -> int:
-    from consumers.local_kafka import LocalBroker
+    from recallstream.consumers.local_kafka import LocalBroker
 
     broker = LocalBroker.from_settings(settings)
     pid = broker.running_pid()
@@ -65,7 +65,7 @@ def run_status(args, settings) -> int:
 
 
 def run_fetch(args, settings) -> int:
-    from consumers.local_kafka import BrokerError, fetch_jars
+    from recallstream.consumers.local_kafka import BrokerError, fetch_jars
 
     try:
         print(f"Kafka jars in {fetch_jars(settings.kafka_cache_dir)}")

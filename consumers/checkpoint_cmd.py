@@ -30,8 +30,8 @@ def summarize(state: dict, path: str) -> dict:
 
 
 def run_inspect(args, settings) -> int:
-    from consumers.cli import print_report
-    from model.checkpoint import CheckpointStore
+    from recallstream.consumers.cli import print_report
+    from recallstream.model.checkpoint import CheckpointStore
 
     store = CheckpointStore(settings.checkpoint_dir)
     paths = store.paths()

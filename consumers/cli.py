@@ -14,22 +14,22 @@ import sys
 
 import orjson
 
-from consumers.usage import UsageError
-from streaming.settings import Settings, add_setting_flags
+from recallstream.consumers.usage import UsageError
+from recallstream.streaming.settings import Settings, add_setting_flags
 
 # One module per command (or command group); order is the order of --help.
 COMMAND_MODULES = [
-    "consumers.config_cmd",
-    "consumers.broker",
-    "consumers.topics",
-    "consumers.replay",
-    "consumers.inspect",
-    "consumers.worker",
-    "consumers.checkpoint_cmd",
-    "consumers.demo",
-    "consumers.train",
-    "consumers.evaluate",
-    "consumers.bench",
+    "recallstream.consumers.config_cmd",
+    "recallstream.consumers.broker",
+    "recallstream.consumers.topics",
+    "recallstream.consumers.replay",
+    "recallstream.consumers.inspect_topic",
+    "recallstream.consumers.worker",
+    "recallstream.consumers.checkpoint_cmd",
+    "recallstream.consumers.demo",
+    "recallstream.consumers.train",
+    "recallstream.consumers.evaluate",
+    "recallstream.consumers.bench",
 ]
 
 

@@ -12,8 +12,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, settings) -> int:
-    from consumers.cli import print_json
-    from streaming.settings import Settings
+    from recallstream.consumers.cli import print_json
+    from recallstream.streaming.settings import Settings
 
     described = settings.describe()
     if args.json:

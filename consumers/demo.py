@@ -22,7 +22,7 @@ import uuid
 
 import orjson
 
-from consumers.usage import positive_int
+from recallstream.consumers.usage import positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -37,8 +37,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, settings) -> int:
-    from consumers.local_kafka import running_broker
-    from streaming.kafka_io import scratch_topics
+    from recallstream.consumers.local_kafka import running_broker
+    from recallstream.streaming.kafka_io import scratch_topics
 
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     settings = dataclasses.replace(settings, qdrant=":memory:",
@@ -49,10 +49,10 @@ def run(args, settings) -> int:
 
 
 def _run_on_topics(args, settings) -> int:
-    from consumers.replay import ReplayPlan
-    from consumers.worker import Worker, WorkerOptions
-    from model.vector_index import VectorIndex
-    from streaming.movielens import load_movielens
+    from recallstream.consumers.replay import ReplayPlan
+    from recallstream.consumers.worker import Worker, WorkerOptions
+    from recallstream.model.vector_index import VectorIndex
+    from recallstream.streaming.movielens import load_movielens
 
     dataset = load_movielens("ml-100k")
     plan = ReplayPlan(dataset, limit=args.limit)
@@ -78,7 +78,7 @@ def _run_on_topics(args, settings) -> int:
 
 
 def _replay_command(args, settings) -> list[str]:
-    command = [sys.executable, "-m", "consumers.cli", "replay", "--dataset", "ml-100k",
+    command = [sys.executable, "-m", "recallstream.consumers.cli", "replay", "--dataset", "ml-100k",
                "--rate", str(args.rate), "--json", "--no-progress"]
     if args.limit is not None:
         command += ["--limit", str(args.limit)]

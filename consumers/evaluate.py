@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from consumers.usage import load_dataset, positive_int
+from recallstream.consumers.usage import load_dataset, positive_int
 
 PROTOCOLS = ("recbole", "tfrs")
 ABLATIONS = ("default", "in_batch", "no_log_q", "triplet_hinge", "triplet_logistic", "pointwise",
@@ -43,7 +43,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, settings) -> int:
-    from consumers.cli import print_json
+    from recallstream.consumers.cli import print_json
 
     variants = None if args.ablation is None else (args.ablation or list(ABLATIONS))
     if variants is None:
@@ -69,7 +69,7 @@ def run(args, settings) -> int:
 
 def evaluate(args, settings, variant: str) -> dict:
     """Run ``args.protocol`` with the model of ``variant``; the figures and settings used."""
-    from model.offline import (Interactions, OfflineSettings, run_recbole_protocol,
+    from recallstream.model.offline import (Interactions, OfflineSettings, run_recbole_protocol,
                                run_tfrs_protocol)
 
     data = load_dataset(args.dataset, args.data_dir)
@@ -114,9 +114,9 @@ def protocol_setup(protocol: str, variant: str = "default") -> ProtocolSetup:
     recbole variants change one thing each from ``in_batch``, the recbole model
     trained as the streaming worker trains (in-batch softmax with logQ).
     """
-    from model.dat import DatConfig
-    from model.towers import movielens_config
-    from model.train_step import LOSSES, TrainConfig
+    from recallstream.model.dat import DatConfig
+    from recallstream.model.towers import movielens_config
+    from recallstream.model.train_step import LOSSES, TrainConfig
 
     dim = 256
     full = movielens_config(output_dim=dim, hidden=())

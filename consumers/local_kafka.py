@@ -45,8 +45,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from streaming.kafka_io import MAX_MESSAGE_BYTES, wait_for_broker
-from streaming.settings import Settings
+from recallstream.streaming.kafka_io import MAX_MESSAGE_BYTES, wait_for_broker
+from recallstream.streaming.settings import Settings
 
 KAFKA_PROJECT = Path(__file__).resolve().parent.parent / "deploy" / "kafka"
 

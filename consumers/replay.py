@@ -3,11 +3,11 @@
 The replay publishes, in this order:
 
 1. every user profile to the users topic and every catalog item to the items
-   topic (:class:`~streaming.events.EntityRecord`, keyed by id), stamped with the
+   topic (:class:`~recallstream.streaming.events.EntityRecord`, keyed by id), stamped with the
    exposure time of the first replayed rating, so the feature tables are known
    before the first event;
 2. the ratings in timestamp order (ties in file order) as clicks, each preceded by
-   the exposures of its simulated impression list (:mod:`streaming.impressions`),
+   the exposures of its simulated impression list (:mod:`recallstream.streaming.impressions`),
    keyed by user_id to the exposures and clicks topics.
 
 Missing topics are created first (as ``recallstream topics create`` does).
@@ -20,8 +20,8 @@ Examples
 --------
 What the replay would publish, without a broker:
 
->>> from streaming.movielens import MovieLens, make_ratings
->>> from streaming.settings import Settings
+>>> from recallstream.streaming.movielens import MovieLens, make_ratings
+>>> from recallstream.streaming.settings import Settings
 >>> ml = MovieLens(make_ratings([("u1", "i2", 4.0, 20), ("u2", "i1", 5.0, 10)]),
 ...                users={"u1": {"age": 30}, "u2": {"age": 40}},
 ...                items={"i1": {"title": "A"}, "i2": {"title": "B"}}, source="example")
@@ -51,11 +51,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from consumers.usage import UsageError, load_dataset, require_broker
-from streaming.events import EntityRecord
-from streaming.impressions import ImpressionSimulator
-from streaming.movielens import MovieLens
-from streaming.settings import Settings
+from recallstream.consumers.usage import UsageError, load_dataset, require_broker
+from recallstream.streaming.events import EntityRecord
+from recallstream.streaming.impressions import ImpressionSimulator
+from recallstream.streaming.movielens import MovieLens
+from recallstream.streaming.settings import Settings
 
 DEFAULT_RATE = 2000.0  # events/s when neither --rate nor --max is given: a watchable stream
 
@@ -234,7 +234,7 @@ def publish(plan: ReplayPlan, settings: Settings, *, rate: float | None = None,
     """
     from tqdm import tqdm
 
-    from streaming.kafka_io import make_producer
+    from recallstream.streaming.kafka_io import make_producer
 
     own_producer = producer is None
     if own_producer:
@@ -288,8 +288,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, settings) -> int:
-    from consumers.cli import print_json
-    from streaming.kafka_io import create_topics
+    from recallstream.consumers.cli import print_json
+    from recallstream.streaming.kafka_io import create_topics
 
     rate = None if args.max else (DEFAULT_RATE if args.rate is None else args.rate)
     if rate is not None and not rate > 0:

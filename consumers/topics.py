@@ -2,12 +2,12 @@
 
 Creates exposures and clicks (same partition count, keyed by user_id), items
 and users (log-compacted, keyed by id) and dead-letters, with the names of the
-settings; see :func:`streaming.kafka_io.create_topics`.
+settings; see :func:`recallstream.streaming.kafka_io.create_topics`.
 """
 
 from __future__ import annotations
 
-from consumers.usage import require_broker
+from recallstream.consumers.usage import require_broker
 
 
 def add_parser(subparsers) -> None:
@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_create(args, settings) -> int:
-    from streaming.kafka_io import create_topics, topic_layout
+    from recallstream.streaming.kafka_io import create_topics, topic_layout
 
     require_broker(settings)
     try:

@@ -4,13 +4,13 @@ Trains on every rating of the dataset for ``--epochs`` epochs with a model
 variant of ``eval offline`` (by default the full feature towers with history),
 shows a progress bar, and writes a
 snapshot folder (weights with feature state, configs, data range) that
-:func:`model.snapshot.load_snapshot` reads back.
+:func:`recallstream.model.snapshot.load_snapshot` reads back.
 """
 
 from __future__ import annotations
 
-from consumers.evaluate import ABLATIONS
-from consumers.usage import load_dataset, positive_int
+from recallstream.consumers.evaluate import ABLATIONS
+from recallstream.consumers.usage import load_dataset, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -34,10 +34,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, settings) -> int:
-    from consumers.cli import print_json
-    from consumers.evaluate import protocol_setup
-    from model.offline import Interactions, OfflineSettings, OfflineTrainer
-    from model.snapshot import save_snapshot
+    from recallstream.consumers.cli import print_json
+    from recallstream.consumers.evaluate import protocol_setup
+    from recallstream.model.offline import Interactions, OfflineSettings, OfflineTrainer
+    from recallstream.model.snapshot import save_snapshot
 
     data = load_dataset(args.dataset, args.data_dir)
     ratings = data.ratings

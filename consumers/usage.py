@@ -4,8 +4,8 @@ A command that finds bad input after parsing raises :class:`UsageError`
 (:func:`load_dataset` for a bad ``--dataset``/``--data-dir``, :func:`require_broker`
 when no Kafka broker answers); ``recallstream``'s ``main`` prints it on one line
 and exits with status 2. Counts use :func:`positive_int` as their argparse
-``type``, so argparse itself rejects them. (This module is separate from ``consumers.cli`` so that the
-class is one and the same when the CLI runs as ``python -m consumers.cli``.)
+``type``, so argparse itself rejects them. (This module is separate from ``recallstream.consumers.cli`` so that the
+class is one and the same when the CLI runs as ``python -m recallstream.consumers.cli``.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 
 class UsageError(Exception):
     """Bad input a command finds after parsing (e.g. a dataset folder without MovieLens
-    files): ``consumers.cli.main`` prints it on one line, without a traceback, and exits 2."""
+    files): ``recallstream.consumers.cli.main`` prints it on one line, without a traceback, and exits 2."""
 
 
 def positive_int(text: str) -> int:
@@ -40,16 +40,16 @@ def positive_int(text: str) -> int:
 
 
 def load_dataset(name: str, data_dir: str | None):
-    """:func:`streaming.movielens.load_movielens`, with its errors as :class:`UsageError`.
+    """:func:`recallstream.streaming.movielens.load_movielens`, with its errors as :class:`UsageError`.
 
     Examples
     --------
     >>> load_dataset("ml-9m", None)
     Traceback (most recent call last):
     ...
-    consumers.usage.UsageError: unknown dataset 'ml-9m'; expected one of ('ml-100k', 'ml-1m')
+    recallstream.consumers.usage.UsageError: unknown dataset 'ml-9m'; expected one of ('ml-100k', 'ml-1m')
     """
-    from streaming.movielens import DatasetUnavailable, load_movielens
+    from recallstream.streaming.movielens import DatasetUnavailable, load_movielens
 
     try:
         return load_movielens(name, data_dir)
@@ -64,7 +64,7 @@ BROKER_WAIT_S = 10.0
 def require_broker(settings) -> None:
     """Return once a Kafka broker answers at ``settings.bootstrap_servers``; a
     :class:`UsageError` that says how to start one if none does within ``BROKER_WAIT_S``."""
-    from streaming.kafka_io import wait_for_broker
+    from recallstream.streaming.kafka_io import wait_for_broker
 
     if not wait_for_broker(settings, timeout_s=BROKER_WAIT_S):
         raise UsageError(f"no Kafka broker answers at {settings.bootstrap_servers}; start one "

@@ -12,7 +12,7 @@ estimate, feature tables, join state, the clicks waiting for a full batch and
 the next offset of every partition are saved together, atomically, in one
 checkpoint. A restart loads the newest checkpoint and seeks every partition to
 its offsets, so a click is trained once whatever happened in between. Records
-reach the join in an order fixed by the logs (:mod:`streaming.alignment`), so a
+reach the join in an order fixed by the logs (:mod:`recallstream.streaming.alignment`), so a
 restarted worker forms the same minibatches as one that never stopped.
 Offsets are committed to the consumer group only after the checkpoint, and
 only for lag monitoring. One worker owns a checkpoint directory (a lock), so a
@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from consumers.usage import positive_int, require_broker
-from streaming.alignment import RecordAligner
-from streaming.events import EntityRecord
-from streaming.minibatch import Minibatcher
-from streaming.popularity import FrequencyEstimator
-from streaming.prefetch import Prefetcher
-from streaming.settings import Settings
+from recallstream.consumers.usage import positive_int, require_broker
+from recallstream.streaming.alignment import RecordAligner
+from recallstream.streaming.events import EntityRecord
+from recallstream.streaming.minibatch import Minibatcher
+from recallstream.streaming.popularity import FrequencyEstimator
+from recallstream.streaming.prefetch import Prefetcher
+from recallstream.streaming.settings import Settings
 
 log = logging.getLogger("recallstream.worker")
 
@@ -118,7 +118,7 @@ class Worker:
     # -- life cycle -----------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        from model.checkpoint import CheckpointStore, OwnerLock
+        from recallstream.model.checkpoint import CheckpointStore, OwnerLock
 
         lock = OwnerLock(self.settings.checkpoint_dir).acquire(self.options.lock_timeout_s)
         try:
@@ -135,11 +135,11 @@ class Worker:
         return self.report()
 
     def _open(self) -> None:
-        from model.index_sync import IndexSync
-        from model.online import OnlineLearner
-        from model.prequential import MostPopularSoFar
-        from model.vector_index import VectorIndex
-        from streaming.ingest import StreamIngestor
+        from recallstream.model.index_sync import IndexSync
+        from recallstream.model.online import OnlineLearner
+        from recallstream.model.prequential import MostPopularSoFar
+        from recallstream.model.vector_index import VectorIndex
+        from recallstream.streaming.ingest import StreamIngestor
 
         s = self.settings
         set_training_threads()
@@ -418,9 +418,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, settings: Settings) -> int:
-    from consumers.cli import print_report
-    from model.checkpoint import CheckpointLocked
-    from streaming.prefetch import StalledIngestion
+    from recallstream.consumers.cli import print_report
+    from recallstream.model.checkpoint import CheckpointLocked
+    from recallstream.streaming.prefetch import StalledIngestion
 
     require_broker(settings)
     worker = Worker(settings, WorkerOptions(exit_when_idle_s=args.exit_when_idle,

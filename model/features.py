@@ -10,7 +10,7 @@ halves:
   ``[B, spec.output_dim]`` block of the tower input.
 
 Unknown or missing values never raise: categorical values land in the reserved
-bucket 0 (:mod:`model.hashing`), numbers in a zero value plus a missing flag,
+bucket 0 (:mod:`recallstream.model.hashing`), numbers in a zero value plus a missing flag,
 vectors in zeros. Learned feature state (running statistics of numeric
 features) lives in module buffers, so it is saved and restored with the
 model's ``state_dict``.
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.hashing import bucketize
+from recallstream.model.hashing import bucketize
 
 __all__ = [
     "Categorical", "Dense", "FeatureSpec", "History", "MultiCategorical", "Numeric",

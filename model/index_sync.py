@@ -9,7 +9,7 @@ memory beyond one pending vector per id. Deletions of retired items go through
 the same queue, in order with the upserts of the same id.
 
 A failed write (Qdrant unavailable, beyond the retries of
-:class:`~model.vector_index.VectorIndex`) is put back, unless a newer vector of
+:class:`~recallstream.model.vector_index.VectorIndex`) is put back, unless a newer vector of
 the same id came in meanwhile, and tried again after a growing pause (up to
 ``max_backoff_s``): training goes on, and nothing is dropped.
 
@@ -22,7 +22,7 @@ catalog after a restart.
 Examples
 --------
 >>> import numpy as np
->>> from model.vector_index import VectorIndex
+>>> from recallstream.model.vector_index import VectorIndex
 >>> index = VectorIndex.connect(":memory:")
 >>> sync = IndexSync(index, items="items", users="users", dim=2)
 >>> sync.put_items(["a", "b"], np.array([[1.0, 0.0], [0.0, 1.0]]), [{}, {}])
@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.vector_index import VectorIndex
+from recallstream.model.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :class:`OfflineTrainer` encodes the catalog, the users and each user's history
 once, then runs epochs of shuffled minibatches through the same
-:func:`model.train_step.train_step` the online worker calls. It takes plain
+:func:`recallstream.model.train_step.train_step` the online worker calls. It takes plain
 arrays and dicts (no Kafka, no dataset reader): the caller passes the
 interactions, the user and item feature dicts and the catalog.
 
@@ -17,14 +17,14 @@ the training interactions.
 
 With ``TrainConfig(loss="catalog_softmax")`` a step takes whole users instead
 of pairs and scores them against every catalog item
-(:func:`model.train_step.catalog_step`); nothing is sampled, so logQ is unused.
+(:func:`recallstream.model.train_step.catalog_step`); nothing is sampled, so logQ is unused.
 
 Examples
 --------
 >>> import numpy as np
->>> from model.features import Categorical
->>> from model.towers import TowerConfig
->>> from model.train_step import TrainConfig
+>>> from recallstream.model.features import Categorical
+>>> from recallstream.model.towers import TowerConfig
+>>> from recallstream.model.train_step import TrainConfig
 >>> config = TowerConfig((Categorical("user_id", 64, 8),), (Categorical("item_id", 64, 8),),
 ...                      hidden=(16,), output_dim=8)
 >>> data = Interactions(np.array(["u1", "u2", "u1"]), np.array(["a", "b", "b"]), np.array([1, 2, 3]))
@@ -46,11 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.evaluation import (TEST, TRAIN, VALID, mask_scores, popularity_scores, rank_top_k,
+from recallstream.model.evaluation import (TEST, TRAIN, VALID, mask_scores, popularity_scores, rank_top_k,
                               recbole_split, tfrs_split, top_k_share, topk_metrics)
-from model.features import History
-from model.towers import HISTORY, ITEM_ID, USER_ID, TwoTower, TowerConfig
-from model.train_step import Batch, CatalogBatch, Optimizers, TrainConfig, catalog_step, train_step
+from recallstream.model.features import History
+from recallstream.model.towers import HISTORY, ITEM_ID, USER_ID, TwoTower, TowerConfig
+from recallstream.model.train_step import Batch, CatalogBatch, Optimizers, TrainConfig, catalog_step, train_step
 
 __all__ = ["Interactions", "OfflineSettings", "OfflineTrainer", "run_recbole_protocol",
            "run_tfrs_protocol", "seed_everything"]
@@ -351,7 +351,7 @@ def run_recbole_protocol(data: Interactions, *, users: Mapping[str, Mapping],
                          model_config: TowerConfig, train_config: TrainConfig,
                          settings: OfflineSettings = OfflineSettings(), max_epochs: int = 40,
                          patience: int = 5, k: int = 10, split_seed: int = 2020) -> dict:
-    """RecBole's protocol (see :mod:`model.evaluation`): per-user 8:1:1 split, the epoch with the
+    """RecBole's protocol (see :mod:`recallstream.model.evaluation`): per-user 8:1:1 split, the epoch with the
     best validation MRR@k, full ranking with seen items masked; plus the most-popular baseline.
 
     Returns one flat dict: test metrics, ``popularity_`` metrics, ``valid_`` metrics of the

@@ -11,7 +11,7 @@ Everything but the item vectors, which are recomputed after a restart, is in
 Examples
 --------
 >>> import numpy as np
->>> from model.towers import movielens_config
+>>> from recallstream.model.towers import movielens_config
 >>> learner = OnlineLearner(movielens_config(id_buckets=1024, output_dim=8, hidden=(16,)), seed=0)
 >>> items = {"1": {"title": "Toy Story", "genres": ["Comedy"]}, "2": {"title": "Heat"}}
 >>> learner.embed_items(["1", "2"], items).shape
@@ -31,9 +31,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from model.hashing import stable_hash
-from model.towers import HISTORY, TowerConfig, TwoTower, movielens_config
-from model.train_step import Batch, Optimizers, TrainConfig, train_step
+from recallstream.model.hashing import stable_hash
+from recallstream.model.towers import HISTORY, TowerConfig, TwoTower, movielens_config
+from recallstream.model.train_step import Batch, Optimizers, TrainConfig, train_step
 
 STATE_VERSION = 1
 # Online default: hashed id tables of 2^15 rows keep the checkpoint near 100 MB
@@ -47,7 +47,7 @@ def default_tower_config() -> TowerConfig:
 
 
 class OnlineLearner:
-    """Incremental training of a :class:`~model.towers.TwoTower` (see the module docstring).
+    """Incremental training of a :class:`~recallstream.model.towers.TwoTower` (see the module docstring).
 
     Parameters
     ----------

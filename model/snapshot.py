@@ -2,8 +2,8 @@
 
 A snapshot is a folder with two files:
 
-- ``snapshot.json``: format name and version, the :class:`~model.towers.TowerConfig`
-  and :class:`~model.train_step.TrainConfig` as JSON, the data range it was
+- ``snapshot.json``: format name and version, the :class:`~recallstream.model.towers.TowerConfig`
+  and :class:`~recallstream.model.train_step.TrainConfig` as JSON, the data range it was
   trained on (e.g. first/last timestamp, interaction count, or per-partition
   offsets of a stream cut) and free-form metadata;
 - ``tensors.pt``: plain tensors only (model ``state_dict`` — feature running
@@ -16,7 +16,7 @@ reader sees a whole snapshot or none.
 Examples
 --------
 >>> import tempfile, torch
->>> from model.towers import TwoTower, movielens_config
+>>> from recallstream.model.towers import TwoTower, movielens_config
 >>> _ = torch.manual_seed(0)
 >>> model = TwoTower(movielens_config(output_dim=8, hidden=(16,), id_buckets=1000))
 >>> folder = tempfile.mkdtemp() + "/snap"
@@ -38,9 +38,9 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import fsync_path
-from model.towers import TowerConfig, TwoTower
-from model.train_step import Optimizers, TrainConfig
+from recallstream.model.checkpoint import fsync_path
+from recallstream.model.towers import TowerConfig, TwoTower
+from recallstream.model.train_step import Optimizers, TrainConfig
 
 __all__ = ["SNAPSHOT_FORMAT", "SNAPSHOT_VERSION", "Snapshot", "load_snapshot", "save_snapshot"]
 

@@ -1,6 +1,6 @@
 """User and item towers, and the two-tower model that holds both.
 
-A :class:`Tower` embeds each of its features (see :mod:`model.features`),
+A :class:`Tower` embeds each of its features (see :mod:`recallstream.model.features`),
 concatenates the blocks, runs an MLP and L2-normalises the output (cosine
 similarity), or leaves it as is (dot product). :class:`TwoTower` pairs a user
 tower and an item tower, optionally sharing the MLP weights (a siamese model;
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.dat import AugmentedVectors
-from model.features import (Categorical, FeatureSpec, History, MultiCategorical, Numeric,
+from recallstream.model.dat import AugmentedVectors
+from recallstream.model.features import (Categorical, FeatureSpec, History, MultiCategorical, Numeric,
                             Vocabulary, encode_records, spec_from_dict, spec_to_dict)
 
 __all__ = ["Tower", "TowerConfig", "TwoTower", "movielens_config"]
@@ -79,7 +79,7 @@ class TowerConfig:
         other features learn a correction on top of it.
     augmented
         Dual Augmented Two-tower: a learned vector per user / item id bucket
-        (:class:`model.dat.AugmentedVectors`) concatenated to each tower's input.
+        (:class:`recallstream.model.dat.AugmentedVectors`) concatenated to each tower's input.
 
     Examples
     --------

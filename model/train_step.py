@@ -8,7 +8,7 @@ parameter by ``AdamW``; :class:`Optimizers` holds both and checkpoints them.
 
 Losses (``TrainConfig.loss``):
 
-- ``"softmax"``: :func:`model.losses.in_batch_softmax` over the batch's items
+- ``"softmax"``: :func:`recallstream.model.losses.in_batch_softmax` over the batch's items
   (plus any extra sampled negatives), with temperature, logQ correction and
   removal of accidental hits;
 - ``"triplet_hinge"`` / ``"triplet_logistic"``: each row's negative is another
@@ -17,18 +17,18 @@ Losses (``TrainConfig.loss``):
   in-batch items as negatives;
 - ``"contrastive"``: the contrastive margin loss on the same pairs;
 - ``"catalog_softmax"``: a full softmax over every catalogue item
-  (:func:`model.losses.catalog_softmax`), for offline training over a catalogue
+  (:func:`recallstream.model.losses.catalog_softmax`), for offline training over a catalogue
   small enough to score whole; it takes a :class:`CatalogBatch` and
   :func:`catalog_step` instead of a :class:`Batch`.
 
 With DAT on (``TowerConfig.augmented``), the mimic loss and the category
-alignment loss of :mod:`model.dat` are added with :attr:`TrainConfig.dat` weights.
+alignment loss of :mod:`recallstream.model.dat` are added with :attr:`TrainConfig.dat` weights.
 
 Examples
 --------
 >>> import torch
->>> from model.features import Categorical
->>> from model.towers import TowerConfig, TwoTower
+>>> from recallstream.model.features import Categorical
+>>> from recallstream.model.towers import TowerConfig, TwoTower
 >>> _ = torch.manual_seed(0)
 >>> model = TwoTower(TowerConfig((Categorical("user_id", 100, 8),), (Categorical("item_id", 100, 8),),
 ...                              hidden=(16,), output_dim=8))
@@ -49,11 +49,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from model.dat import DatConfig, dat_auxiliary_loss
-from model.losses import (catalog_softmax, contrastive_margin, in_batch_softmax, pointwise_bce,
+from recallstream.model.dat import DatConfig, dat_auxiliary_loss
+from recallstream.model.losses import (catalog_softmax, contrastive_margin, in_batch_softmax, pointwise_bce,
                           triplet_hinge, triplet_logistic)
-from model.hashing import bucketize
-from model.towers import ITEM_ID, TwoTower
+from recallstream.model.hashing import bucketize
+from recallstream.model.towers import ITEM_ID, TwoTower
 
 __all__ = ["Batch", "CatalogBatch", "LOSSES", "Optimizers", "TrainConfig", "catalog_step",
            "compute_loss", "train_step"]
@@ -170,7 +170,7 @@ class Batch:
 
         Examples
         --------
-        >>> from model.towers import movielens_config
+        >>> from recallstream.model.towers import movielens_config
         >>> model = TwoTower(movielens_config(output_dim=8, hidden=(16,), id_buckets=1000))
         >>> batch = Batch.from_ids(model, ["u1", "u2"], ["i1", "i1"], users={}, items={},
         ...                        histories=[["i9"], []], log_q=[-1.0, -1.0])
@@ -192,8 +192,8 @@ class Optimizers:
     Examples
     --------
     >>> import torch
-    >>> from model.features import Categorical
-    >>> from model.towers import TowerConfig, TwoTower
+    >>> from recallstream.model.features import Categorical
+    >>> from recallstream.model.towers import TowerConfig, TwoTower
     >>> model = TwoTower(TowerConfig((Categorical("user_id", 10, 2),), (Categorical("item_id", 10, 2),)))
     >>> optimizers = Optimizers(model, TrainConfig())
     >>> sorted(optimizers.state_dict())
@@ -267,8 +267,8 @@ def catalog_step(model: TwoTower, optimizers: Optimizers, batch: CatalogBatch,
 
     Examples
     --------
-    >>> from model.features import Categorical
-    >>> from model.towers import TowerConfig
+    >>> from recallstream.model.features import Categorical
+    >>> from recallstream.model.towers import TowerConfig
     >>> _ = torch.manual_seed(0)
     >>> model = TwoTower(TowerConfig((Categorical("user_id", 10, 4),), (Categorical("item_id", 10, 4),),
     ...                              hidden=None, output_dim=4))

@@ -11,7 +11,7 @@ for a null one), ``ts`` the time it was dead-lettered (epoch seconds),
 
 Size: a record of over 1 MiB is itself invalid (``too_large``), and its base64
 is 4/3 larger, beyond a broker's default ``message.max.bytes`` (about 1 MiB).
-The event topics accept records up to ``streaming.kafka_io.MAX_MESSAGE_BYTES``
+The event topics accept records up to ``recallstream.streaming.kafka_io.MAX_MESSAGE_BYTES``
 (4 MiB) so that such a record arrives at all, and the dead-letters topic
 accepts twice that (``DEAD_LETTERS_MAX_MESSAGE_BYTES``, set by
 ``create_topics``; the dead-letter producer raises ``max_request_size`` to
@@ -59,7 +59,7 @@ def dead_letter_record(topic: str, partition: int, offset: int, reason: str,
     topic, partition, offset
         Where the rejected record is.
     reason : str
-        Why it was rejected (``streaming.decoding.REASONS``).
+        Why it was rejected (``recallstream.streaming.decoding.REASONS``).
     raw_value, raw_key : bytes or None
         The record's original value and key.
     now : float, optional

@@ -1,7 +1,7 @@
 """Decode and validate raw Kafka records into events, never raising.
 
 :func:`decode` turns the raw key and value bytes of one record into an event of
-``streaming.events`` or an :class:`Invalid` carrying a short, stable reason.
+``recallstream.streaming.events`` or an :class:`Invalid` carrying a short, stable reason.
 Reasons are machine-readable and come from the bounded set :data:`REASONS`
 (they become a Prometheus label and a dead-letter field, so no raw value ever
 appears in one).
@@ -27,7 +27,7 @@ Rules (schemas in issue 2):
   (``missing_key``, ``invalid_key``); the id in the value must equal it
   (``key_mismatch``), since compaction keeps the latest value *per key* and a
   value filed under another key would silently shadow or resurrect an entity;
-  a null value is a :class:`~streaming.events.Tombstone`.
+  a null value is a :class:`~recallstream.streaming.events.Tombstone`.
 
 Examples
 --------
@@ -51,7 +51,7 @@ from typing import Any, Union
 
 import orjson
 
-from streaming.events import ENTITY_ID_FIELD, Click, EntityRecord, Exposure, Tombstone
+from recallstream.streaming.events import ENTITY_ID_FIELD, Click, EntityRecord, Exposure, Tombstone
 
 #: Largest valid record, key plus value, in bytes.
 MAX_RECORD_BYTES = 1 << 20

@@ -10,7 +10,7 @@ Four topics carry four kinds of records (schemas in issue 2):
   the latest features of an item or a user, or a :class:`Tombstone` (a null
   value) that retires it.
 
-Ids are always strings here (``streaming.decoding`` normalises integer ids).
+Ids are always strings here (``recallstream.streaming.decoding`` normalises integer ids).
 Unknown fields of a record are kept in ``extra`` and otherwise ignored, so a
 record encoded again with ``to_json`` loses nothing. The classes are plain
 slotted dataclasses because the decoder builds hundreds of thousands per second.

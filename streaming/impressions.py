@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streaming.events import Click, Exposure
+from recallstream.streaming.events import Click, Exposure
 
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 

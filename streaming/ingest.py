@@ -3,11 +3,11 @@
 :class:`StreamIngestor` reads every partition of the exposures, clicks, items
 and users topics with manual assignment, and for each record:
 
-- decodes it (``streaming.decoding``); an invalid one becomes a dead letter
-  (``streaming.dead_letters``) and is counted by reason;
+- decodes it (``recallstream.streaming.decoding``); an invalid one becomes a dead letter
+  (``recallstream.streaming.dead_letters``) and is counted by reason;
 - applies an item or user record to its in-memory feature table (id to
   features; a tombstone removes the id), in offset order, and reports it;
-- feeds an exposure or a click to the :class:`~streaming.joiner.ClickJoiner`,
+- feeds an exposure or a click to the :class:`~recallstream.streaming.joiner.ClickJoiner`,
   with the partition number as the join lane (the topics are co-partitioned);
 - records the partition's next offset.
 
@@ -45,14 +45,14 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from streaming.alignment import RecordAligner
-from streaming.dead_letters import dead_letter_key, dead_letter_record
-from streaming.decoding import Invalid, decode
-from streaming.events import Click, EntityRecord, Exposure, Tombstone
-from streaming.joiner import ClickJoiner, Positive
-from streaming.kafka_io import (DEAD_LETTERS_MAX_MESSAGE_BYTES, make_consumer, make_producer,
+from recallstream.streaming.alignment import RecordAligner
+from recallstream.streaming.dead_letters import dead_letter_key, dead_letter_record
+from recallstream.streaming.decoding import Invalid, decode
+from recallstream.streaming.events import Click, EntityRecord, Exposure, Tombstone
+from recallstream.streaming.joiner import ClickJoiner, Positive
+from recallstream.streaming.kafka_io import (DEAD_LETTERS_MAX_MESSAGE_BYTES, make_consumer, make_producer,
                                 partitions_of)
-from streaming.settings import Settings
+from recallstream.streaming.settings import Settings
 
 _STATE_VERSION = 1
 # With an aligner: records handed on per poll at most (whole windows, so a poll may exceed
@@ -119,7 +119,7 @@ class StreamIngestor:
         Default: ``ClickJoiner(settings.join_window_s)``.
     aligner : RecordAligner, optional
         When given, :meth:`poll` hands records on in timestamp windows fixed by
-        the logs (``streaming.alignment``), so the positives come out in the same
+        the logs (``recallstream.streaming.alignment``), so the positives come out in the same
         order however the fetches interleave; records fetched but not yet released
         stay in the aligner and are not covered by :meth:`offsets`.
 

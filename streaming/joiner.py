@@ -29,7 +29,7 @@ checkpointed with the offsets: a click is emitted exactly once across restarts.
 
 Examples
 --------
->>> from streaming.events import Click, Exposure
+>>> from recallstream.streaming.events import Click, Exposure
 >>> joiner = ClickJoiner(window_s=60.0)
 >>> joiner.add_click(Click("c1", 100.0, "u1", "i1", "imp1"))   # before its exposure: waits
 []
@@ -52,7 +52,7 @@ from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any
 
-from streaming.events import Click, Exposure
+from recallstream.streaming.events import Click, Exposure
 
 _NO_WATERMARK = float("-inf")
 _STATE_VERSION = 1
@@ -67,7 +67,7 @@ class Positive:
 
     Examples
     --------
-    >>> from streaming.events import Click
+    >>> from recallstream.streaming.events import Click
     >>> Positive(Click("c", 1.0, "u", "i", "m"), None).orphan
     True
     """
@@ -149,7 +149,7 @@ class ClickJoiner:
 
     Examples
     --------
-    >>> from streaming.events import Click, Exposure
+    >>> from recallstream.streaming.events import Click, Exposure
     >>> joiner = ClickJoiner(window_s=30.0)
     >>> _ = joiner.add_exposure(Exposure("e1", 10.0, "u1", "i1", "m1", position=0), lane=2)
     >>> [(p.click.event_id, p.exposure.event_id) for p in joiner.add_click(

@@ -7,7 +7,7 @@ matter for correctness live in one place:
   accept records up to :data:`MAX_MESSAGE_BYTES`, so an oversized event still
   reaches the broker and can be dead-lettered instead of failing the sender;
 - consumers carry no deserializers (raw bytes are decoded by our own code, see
-  ``streaming.decoding``) and never commit on their own;
+  ``recallstream.streaming.decoding``) and never commit on their own;
 - ``exposures`` and ``clicks`` always have the same partition count, because
   both are keyed by user_id and the join relies on a user's events meeting in
   the same partition number.
@@ -16,7 +16,7 @@ Examples
 --------
 The topic layout that :func:`create_topics` asks for (no broker needed):
 
->>> from streaming.settings import Settings
+>>> from recallstream.streaming.settings import Settings
 >>> layout = topic_layout(Settings.resolve(environ={}), partitions=3)
 >>> {name: spec["num_partitions"] for name, spec in layout.items()}
 {'exposures': 3, 'clicks': 3, 'items': 3, 'users': 3, 'dead-letters': 1}
@@ -36,7 +36,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from streaming.settings import Settings
+from recallstream.streaming.settings import Settings
 
 # Decoders reject records over 1 MiB; the topics accept up to 4 MiB so that such a
 # record (and its base64 copy in a dead letter) is delivered and dead-lettered, not lost.
@@ -139,7 +139,7 @@ def topic_layout(settings: Settings, partitions: int | None = None) -> dict[str,
 
     Examples
     --------
-    >>> from streaming.settings import Settings
+    >>> from recallstream.streaming.settings import Settings
     >>> topic_layout(Settings.resolve(environ={}), 2)["clicks"]
     {'num_partitions': 2, 'configs': {'max.message.bytes': '4194304'}}
     """
@@ -327,7 +327,7 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> bool:
     --------
     Nothing listens on port 1:
 
-    >>> from streaming.settings import Settings
+    >>> from recallstream.streaming.settings import Settings
     >>> wait_for_broker(Settings.resolve(environ={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}), 0.5)
     False
     """

@@ -2,8 +2,8 @@
 
 Fetching, decoding and joining are Python work; a training step spends most of
 its time in torch kernels, which release the GIL. :class:`Prefetcher` polls a
-:class:`~streaming.ingest.StreamIngestor` in a background thread and queues
-each poll's :class:`~streaming.ingest.Ingested` result, in order, for the
+:class:`~recallstream.streaming.ingest.StreamIngestor` in a background thread and queues
+each poll's :class:`~recallstream.streaming.ingest.Ingested` result, in order, for the
 trainer, so that the two overlap on two cores.
 
 The ingestor's offsets and join state run ahead of the trainer by whatever
@@ -70,7 +70,7 @@ class Prefetcher:
     wake_after_s : float
         A poll still running after this long is woken with the ingestor's
         ``unstick()``, if it has one (kafka-python 3.0.12 polls were seen to hang
-        under heavy load; see :meth:`streaming.ingest.StreamIngestor.unstick`).
+        under heavy load; see :meth:`recallstream.streaming.ingest.StreamIngestor.unstick`).
     stall_timeout_s : float
         A poll that has not returned after this long is a stall: :meth:`get`
         raises instead of waiting forever, so the process can restart from its

@@ -2,7 +2,7 @@
 
 - ``kafka_settings`` (session): :class:`Settings` pointing at a live broker:
   ``KAFKA_BOOTSTRAP_SERVERS`` when set, otherwise a broker this session starts
-  with :class:`consumers.local_kafka.LocalBroker` (the code behind
+  with :class:`recallstream.consumers.local_kafka.LocalBroker` (the code behind
   ``recallstream broker start``) on a free port with a temporary data folder,
   and stops at the end of the session.
 - ``topic_settings`` (function): ``kafka_settings`` with topic names and a
@@ -21,14 +21,14 @@ import uuid
 
 import pytest
 
-from streaming.settings import Settings
+from recallstream.streaming.settings import Settings
 
 TEST_PARTITIONS = 2
 
 
 @pytest.fixture(scope="session")
 def kafka_settings(tmp_path_factory):
-    from streaming.kafka_io import wait_for_broker
+    from recallstream.streaming.kafka_io import wait_for_broker
 
     # Only the broker address comes from the environment: other RECALLSTREAM_* variables of
     # the developer's shell must not change what the tests exercise.
@@ -47,7 +47,7 @@ def kafka_settings(tmp_path_factory):
 
 
 def _start_test_broker(data_dir):
-    from consumers.local_kafka import LocalBroker, fetch_jars, free_port
+    from recallstream.consumers.local_kafka import LocalBroker, fetch_jars, free_port
 
     cache_dir = Settings.resolve().kafka_cache_dir  # shared jar cache, honours the environment
     broker = LocalBroker(data_dir=data_dir.resolve(), port=free_port(),
@@ -58,7 +58,7 @@ def _start_test_broker(data_dir):
 
 @pytest.fixture
 def topic_settings(kafka_settings, request):
-    from streaming.kafka_io import admin_client, create_topics
+    from recallstream.streaming.kafka_io import admin_client, create_topics
 
     # Topic names allow [A-Za-z0-9._-]; '.' is avoided as Kafka treats it like '_' in metrics.
     prefix = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:120] + "-" + uuid.uuid4().hex[:8]

@@ -6,7 +6,7 @@ from collections import namedtuple
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from streaming.alignment import RecordAligner
+from recallstream.streaming.alignment import RecordAligner
 
 Record = namedtuple("Record", "topic partition offset timestamp")
 

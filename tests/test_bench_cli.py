@@ -4,7 +4,7 @@ these check the commands, not the speed), and bad counts are argparse errors."""
 import orjson
 import pytest
 
-from consumers.cli import main
+from recallstream.consumers.cli import main
 
 
 def bench_json(capsys, *argv):

@@ -1,4 +1,4 @@
-"""The local broker's life cycle (consumers.local_kafka, `recallstream broker`) and its addressing."""
+"""The local broker's life cycle (recallstream.consumers.local_kafka, `recallstream broker`) and its addressing."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import socket
 
 import pytest
 
-from consumers.cli import main
-from consumers.local_kafka import BrokerError, LocalBroker, fetch_jars, free_port, server_properties
-from streaming.kafka_io import create_topics, wait_for_broker
-from streaming.settings import Settings
+from recallstream.consumers.cli import main
+from recallstream.consumers.local_kafka import BrokerError, LocalBroker, fetch_jars, free_port, server_properties
+from recallstream.streaming.kafka_io import create_topics, wait_for_broker
+from recallstream.streaming.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""model.losses.catalog_softmax against hand arithmetic and a plain-python reference."""
+"""recallstream.model.losses.catalog_softmax against hand arithmetic and a plain-python reference."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from model.losses import catalog_softmax, in_batch_softmax
+from recallstream.model.losses import catalog_softmax, in_batch_softmax
 
 
 def reference_catalog_softmax(query, catalog, rows, columns, *, temperature=None, sample_weight=None):

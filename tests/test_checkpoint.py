@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import (
+from recallstream.model.checkpoint import (
     FORMAT_VERSION, MAGIC, CheckpointLocked, CheckpointStore, CorruptCheckpoint, OwnerLock,
     UnsupportedCheckpointVersion,
 )
@@ -231,7 +231,7 @@ def test_bad_arguments(tmp_path):
 
 SAVE_FOREVER = textwrap.dedent("""
     import sys, numpy as np
-    from model.checkpoint import CheckpointStore
+    from recallstream.model.checkpoint import CheckpointStore
     store = CheckpointStore(sys.argv[1], keep=2)
     i = 0
     while True:
@@ -258,7 +258,7 @@ def test_sigkill_during_saves_never_leaves_a_torn_checkpoint(tmp_path):
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from model.checkpoint import OwnerLock
+    from recallstream.model.checkpoint import OwnerLock
     lock = OwnerLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -321,7 +321,7 @@ def test_lock_in_the_same_process_is_exclusive_too(tmp_path):
 
 
 def test_frequency_estimator_state_survives_a_checkpoint(tmp_path):
-    from streaming.popularity import FrequencyEstimator
+    from recallstream.streaming.popularity import FrequencyEstimator
 
     estimator = FrequencyEstimator(num_buckets=64, alpha=0.1, num_hashes=2, seed=4)
     for step in range(30):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.dat import AugmentedVectors, DatConfig, category_alignment_loss, dat_auxiliary_loss, mimic_loss
+from recallstream.model.dat import AugmentedVectors, DatConfig, category_alignment_loss, dat_auxiliary_loss, mimic_loss
 
 
 def randn(*shape, seed=0, grad=False):

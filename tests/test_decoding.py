@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.decoding import KINDS, MAX_RECORD_BYTES, REASONS, Invalid, decode
-from streaming.events import Click, EntityRecord, Exposure, Tombstone
+from recallstream.streaming.decoding import KINDS, MAX_RECORD_BYTES, REASONS, Invalid, decode
+from recallstream.streaming.events import Click, EntityRecord, Exposure, Tombstone
 
 EXPOSURE = {"event_id": "e1", "ts": 1700000000.5, "user_id": "u1", "item_id": "i1",
             "impression_id": "m1", "position": 2, "context": {"page": "home"}}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.evaluation import (mask_scores, rank_top_k, recbole_split, split_counts, tfrs_split,
+from recallstream.model.evaluation import (mask_scores, rank_top_k, recbole_split, split_counts, tfrs_split,
                               top_k_share, topk_metrics)
 
 

@@ -8,11 +8,11 @@ import hashlib
 import orjson
 import pytest
 
-from streaming.dead_letters import (FIELDS, MAX_RAW_BYTES, dead_letter_key, dead_letter_record,
+from recallstream.streaming.dead_letters import (FIELDS, MAX_RAW_BYTES, dead_letter_key, dead_letter_record,
                                     parse_dead_letter, raw_key, raw_value)
-from streaming.decoding import decode
-from streaming.events import Click, EntityRecord, Exposure, Tombstone
-from streaming.kafka_io import DEAD_LETTERS_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
+from recallstream.streaming.decoding import decode
+from recallstream.streaming.events import Click, EntityRecord, Exposure, Tombstone
+from recallstream.streaming.kafka_io import DEAD_LETTERS_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
 
 
 def test_exposure_json_has_the_schema_fields_and_omits_unset_optionals():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.features import (Categorical, Dense, History, MultiCategorical, Numeric, Vocabulary,
+from recallstream.model.features import (Categorical, Dense, History, MultiCategorical, Numeric, Vocabulary,
                             encode_records, spec_from_dict, spec_to_dict)
-from model.hashing import bucketize
+from recallstream.model.hashing import bucketize
 
 
 def test_categorical_prefix_and_missing():

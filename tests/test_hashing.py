@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from model.hashing import MISSING_BUCKET, bucketize, stable_hash
+from recallstream.model.hashing import MISSING_BUCKET, bucketize, stable_hash
 
 
 def test_hash_equals_keyed_blake2b_of_the_utf8_bytes():
@@ -17,7 +17,7 @@ def test_hash_equals_keyed_blake2b_of_the_utf8_bytes():
 
 
 def test_buckets_are_identical_in_a_fresh_process_with_another_hash_seed():
-    code = ("from model.hashing import bucketize; "
+    code = ("from recallstream.model.hashing import bucketize; "
             "print(bucketize(['a', 'b', 'zip-02139'], 1000, key='k').tolist())")
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={"PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from streaming.impressions import ImpressionSimulator, counter_random, splitmix64
+from recallstream.streaming.impressions import ImpressionSimulator, counter_random, splitmix64
 
 MASK = 2**64 - 1
 

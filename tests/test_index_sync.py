@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from model.index_sync import IndexSync
-from model.vector_index import VectorIndex
+from recallstream.model.index_sync import IndexSync
+from recallstream.model.vector_index import VectorIndex
 
 
 @pytest.fixture

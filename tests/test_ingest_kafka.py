@@ -12,11 +12,11 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from consumers import cli
-from streaming.dead_letters import parse_dead_letter, raw_key, raw_value
-from streaming.events import Click, EntityRecord, Exposure, Tombstone
-from streaming.ingest import StreamIngestor
-from streaming.kafka_io import end_offsets, read_topic
+from recallstream.consumers import cli
+from recallstream.streaming.dead_letters import parse_dead_letter, raw_key, raw_value
+from recallstream.streaming.events import Click, EntityRecord, Exposure, Tombstone
+from recallstream.streaming.ingest import StreamIngestor
+from recallstream.streaming.kafka_io import end_offsets, read_topic
 
 ONE_MIB = 1 << 20
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.events import Click, Exposure
-from streaming.joiner import ClickJoiner
+from recallstream.streaming.events import Click, Exposure
+from recallstream.streaming.joiner import ClickJoiner
 
 
 def exposure(n: int, ts: float, item: str = "i", position: int | None = 0) -> Exposure:

@@ -1,4 +1,4 @@
-"""streaming.kafka_io against a real broker (see the fixtures in conftest.py)."""
+"""recallstream.streaming.kafka_io against a real broker (see the fixtures in conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from kafka import TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.structs import OffsetAndMetadata
 
-from streaming.kafka_io import (MAX_MESSAGE_BYTES, admin_client, create_topics, end_offsets,
+from recallstream.streaming.kafka_io import (MAX_MESSAGE_BYTES, admin_client, create_topics, end_offsets,
                                 make_consumer, make_producer, read_topic, topic_layout,
                                 wait_for_broker)
-from streaming.settings import Settings
+from recallstream.streaming.settings import Settings
 
 
 def fresh_names(settings: Settings) -> Settings:

@@ -1,4 +1,4 @@
-"""Tests of model.losses.in_batch_softmax against hand arithmetic and a plain-python reference."""
+"""Tests of recallstream.model.losses.in_batch_softmax against hand arithmetic and a plain-python reference."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.losses import in_batch_softmax, mine_hard_negatives, remove_accidental_hits
+from recallstream.model.losses import in_batch_softmax, mine_hard_negatives, remove_accidental_hits
 
 # ---------------------------------------------------------------------------
 # independent reference: loops and math.exp/log, no torch, no vectorisation
@@ -285,7 +285,7 @@ def test_numpy_ids_are_accepted():
 # ===========================================================================
 # pairwise, pointwise and contrastive losses
 
-from model.losses import contrastive_margin, pointwise_bce, triplet_hinge, triplet_logistic  # noqa: E402
+from recallstream.model.losses import contrastive_margin, pointwise_bce, triplet_hinge, triplet_logistic  # noqa: E402
 
 
 def _cos(u, v):

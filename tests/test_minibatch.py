@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.minibatch import Minibatcher
+from recallstream.streaming.minibatch import Minibatcher
 
 
 class FakeClock:

@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from streaming import movielens
-from streaming.movielens import DatasetUnavailable, load_movielens, make_ratings
+from recallstream.streaming import movielens
+from recallstream.streaming.movielens import DatasetUnavailable, load_movielens, make_ratings
 
 
 @pytest.fixture(scope="module")

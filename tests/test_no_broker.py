@@ -3,8 +3,8 @@ answers (nothing listens on port 1), instead of a kafka-python traceback."""
 
 import pytest
 
-import consumers.usage
-from consumers.cli import main
+import recallstream.consumers.usage
+from recallstream.consumers.cli import main
 
 NO_BROKER = ["--bootstrap-servers", "127.0.0.1:1"]
 
@@ -18,7 +18,7 @@ NO_BROKER = ["--bootstrap-servers", "127.0.0.1:1"]
 ])
 def test_commands_that_need_kafka_fail_clearly_without_a_broker(argv, tmp_path, monkeypatch,
                                                                 capsys):
-    monkeypatch.setattr(consumers.usage, "BROKER_WAIT_S", 0.5)
+    monkeypatch.setattr(recallstream.consumers.usage, "BROKER_WAIT_S", 0.5)
     assert main([*argv, *NO_BROKER, "--checkpoint-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no Kafka broker answers at 127.0.0.1:1" in err and "recallstream broker start" in err

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.evaluation import mask_scores, popularity_scores, rank_top_k, topk_metrics
-from model.features import Categorical, History
-from model.offline import (Interactions, OfflineSettings, OfflineTrainer, run_recbole_protocol,
+from recallstream.model.evaluation import mask_scores, popularity_scores, rank_top_k, topk_metrics
+from recallstream.model.features import Categorical, History
+from recallstream.model.offline import (Interactions, OfflineSettings, OfflineTrainer, run_recbole_protocol,
                            run_tfrs_protocol)
-from model.towers import TowerConfig, movielens_config
-from model.train_step import TrainConfig
+from recallstream.model.towers import TowerConfig, movielens_config
+from recallstream.model.train_step import TrainConfig
 
 
 def planted_clusters(seed=0, users=60, items=80, clusters=4, per_user=12):
@@ -133,7 +133,7 @@ def test_protocols_run_end_to_end_on_synthetic_data():
 
 
 def test_one_epoch_smoke_on_movielens_100k():
-    movielens = pytest.importorskip("streaming.movielens")
+    movielens = pytest.importorskip("recallstream.streaming.movielens")
     try:
         data = movielens.load_movielens("ml-100k")
     except movielens.DatasetUnavailable as error:  # offline machine without the cached wheel

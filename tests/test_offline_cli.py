@@ -4,10 +4,10 @@ runs), and their answers to bad input: one line on stderr, exit status 2, no tra
 import orjson
 import pytest
 
-from consumers.cli import main
-from model.snapshot import load_snapshot
+from recallstream.consumers.cli import main
+from recallstream.model.snapshot import load_snapshot
 
-movielens = pytest.importorskip("streaming.movielens")
+movielens = pytest.importorskip("recallstream.streaming.movielens")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.online import ItemVectors, OnlineLearner
-from model.towers import movielens_config
+from recallstream.model.online import ItemVectors, OnlineLearner
+from recallstream.model.towers import movielens_config
 
 
 def small_learner(seed=0) -> OnlineLearner:

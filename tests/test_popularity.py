@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streaming.popularity import FrequencyEstimator, string_key
+from recallstream.streaming.popularity import FrequencyEstimator, string_key
 
 
 def reference_estimates(estimator: FrequencyEstimator, batches, queries) -> np.ndarray:

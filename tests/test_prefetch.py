@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from streaming.prefetch import Prefetcher
+from recallstream.streaming.prefetch import Prefetcher
 
 
 class Empty:
@@ -98,7 +98,7 @@ class HangingIngestor(CountingIngestor):
 
 
 def test_a_poll_that_never_returns_is_reported_as_a_stall():
-    from streaming.prefetch import StalledIngestion
+    from recallstream.streaming.prefetch import StalledIngestion
 
     prefetcher = Prefetcher(HangingIngestor(), max_queued=8, stall_timeout_s=0.3)
     prefetcher.start()

@@ -2,7 +2,7 @@
 
 import random
 
-from model.prequential import MostPopularSoFar
+from recallstream.model.prequential import MostPopularSoFar
 
 
 def plain_hits(clicks, targets, k, exclude):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from consumers.evaluate import ABLATIONS, protocol_setup
+from recallstream.consumers.evaluate import ABLATIONS, protocol_setup
 
 
 def test_recbole_default_is_the_full_catalogue_softmax_with_full_batch_epochs():

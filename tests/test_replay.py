@@ -5,11 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from consumers.cli import main
-from consumers.replay import Pacer, ReplayPlan
-from streaming.decoding import decode
-from streaming.movielens import MovieLens, make_ratings
-from streaming.settings import Settings
+from recallstream.consumers.cli import main
+from recallstream.consumers.replay import Pacer, ReplayPlan
+from recallstream.streaming.decoding import decode
+from recallstream.streaming.movielens import MovieLens, make_ratings
+from recallstream.streaming.settings import Settings
 
 SETTINGS = Settings.resolve(environ={})
 

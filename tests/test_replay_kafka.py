@@ -10,12 +10,12 @@ from collections import Counter, defaultdict
 import orjson
 import pytest
 
-from consumers.cli import main
-from consumers.replay import ReplayPlan
-from streaming.decoding import Invalid, decode
-from streaming.events import Click, EntityRecord, Exposure
-from streaming.kafka_io import admin_client, end_offsets, read_topic
-from streaming.movielens import load_movielens
+from recallstream.consumers.cli import main
+from recallstream.consumers.replay import ReplayPlan
+from recallstream.streaming.decoding import Invalid, decode
+from recallstream.streaming.events import Click, EntityRecord, Exposure
+from recallstream.streaming.kafka_io import admin_client, end_offsets, read_topic
+from recallstream.streaming.movielens import load_movielens
 
 TOPIC_FLAGS = ("bootstrap_servers", "partitions", "topic_exposures", "topic_clicks", "topic_items",
                "topic_users", "topic_dead_letters")

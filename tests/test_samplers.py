@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from model.samplers import CandidateSample, HardNegativeSampler, InBatchSampler, MixedSampler, UnigramSampler
+from recallstream.model.samplers import CandidateSample, HardNegativeSampler, InBatchSampler, MixedSampler, UnigramSampler
 
 
 def chi_square_statistic(observed: Counter, probabilities: dict[str, float], draws: int) -> float:
@@ -278,7 +278,7 @@ def test_mixed_errors(call, message):
 
 
 def test_a_draw_at_the_very_end_of_the_table_never_returns_a_zero_weight_id():
-    from model.samplers.unigram import _CumulativeTable
+    from recallstream.model.samplers.unigram import _CumulativeTable
 
     class LargestUniform:  # the largest value Generator.random can return
         def random(self, size):

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from model.features import Categorical, Numeric
-from model.snapshot import MANIFEST, load_snapshot, save_snapshot
-from model.towers import TowerConfig, TwoTower
-from model.train_step import Batch, Optimizers, TrainConfig, train_step
+from recallstream.model.features import Categorical, Numeric
+from recallstream.model.snapshot import MANIFEST, load_snapshot, save_snapshot
+from recallstream.model.towers import TowerConfig, TwoTower
+from recallstream.model.train_step import Batch, Optimizers, TrainConfig, train_step
 
 ITEMS = {str(k): {"release_year": 1950 + 5 * k} for k in range(12)}
 

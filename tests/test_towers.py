@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from model.features import Categorical, MultiCategorical
-from model.towers import TowerConfig, TwoTower, movielens_config
+from recallstream.model.features import Categorical, MultiCategorical
+from recallstream.model.towers import TowerConfig, TwoTower, movielens_config
 
 ITEMS = {"1": {"title": "Toy Story", "release_year": 1995, "genres": ["Animation", "Comedy"]},
          "2": {"title": "GoldenEye", "release_year": 1995, "genres": ["Action"]}}

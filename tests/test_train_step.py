@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from model.dat import DatConfig
-from model.features import Categorical
-from model.losses import catalog_softmax, in_batch_softmax
-from model.towers import TowerConfig, TwoTower
-from model.train_step import (LOSSES, Batch, CatalogBatch, Optimizers, TrainConfig, catalog_step,
+from recallstream.model.dat import DatConfig
+from recallstream.model.features import Categorical
+from recallstream.model.losses import catalog_softmax, in_batch_softmax
+from recallstream.model.towers import TowerConfig, TwoTower
+from recallstream.model.train_step import (LOSSES, Batch, CatalogBatch, Optimizers, TrainConfig, catalog_step,
                               compute_loss, train_step)
 
 PAIR_LOSSES = [loss for loss in LOSSES if loss != "catalog_softmax"]

@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from model.vector_index import RetryPolicy, VectorIndex, point_id
+from recallstream.model.vector_index import RetryPolicy, VectorIndex, point_id
 
 
 def unit_rows(rng, n, dim):

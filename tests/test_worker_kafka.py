@@ -19,14 +19,14 @@ import orjson
 import pytest
 import torch
 
-from consumers.checkpoint_cmd import summarize
-from consumers.local_kafka import free_port
-from consumers.replay import ReplayPlan, publish
-from consumers.worker import Worker, WorkerOptions
-from model.checkpoint import CheckpointStore
-from model.vector_index import VectorIndex
-from streaming.kafka_io import read_topic
-from streaming.movielens import load_movielens
+from recallstream.consumers.checkpoint_cmd import summarize
+from recallstream.consumers.local_kafka import free_port
+from recallstream.consumers.replay import ReplayPlan, publish
+from recallstream.consumers.worker import Worker, WorkerOptions
+from recallstream.model.checkpoint import CheckpointStore
+from recallstream.model.vector_index import VectorIndex
+from recallstream.streaming.kafka_io import read_topic
+from recallstream.streaming.movielens import load_movielens
 
 CLICKS = 20_000
 BATCH = 500  # divides CLICKS: no partial batch whose flush time could differ between runs
@@ -40,7 +40,7 @@ POISON = [b"{not json", b'{"event_id": "x", "ts": NaN}', b"[1, 2, 3]", b"",
 @pytest.fixture(scope="module")
 def stream(kafka_settings, tmp_path_factory):
     """Topics holding the replay of the first CLICKS ratings (module-wide: replayed once)."""
-    from streaming.kafka_io import create_topics, make_producer
+    from recallstream.streaming.kafka_io import create_topics, make_producer
 
     prefix = f"worker-{os.getpid()}-{random.randrange(1 << 30)}"
     settings = dataclasses.replace(
@@ -101,7 +101,7 @@ def worker_command(settings) -> list[str]:
                            "topic_users", "topic_dead_letters", "consumer_group", "batch_size",
                            "batch_timeout_s", "checkpoint_every_s", "checkpoint_every_batches",
                            "checkpoint_dir", "metrics_port")
-    return [sys.executable, "-m", "consumers.cli", "worker", "--exit-when-idle", "3", "--json",
+    return [sys.executable, "-m", "recallstream.consumers.cli", "worker", "--exit-when-idle", "3", "--json",
             *flags]
 
 
@@ -173,7 +173,7 @@ def test_second_worker_on_the_same_model_refuses(stream, tmp_path):
 def test_sigterm_checkpoints_commits_and_a_restart_finishes_the_stream(stream, tmp_path):
     from kafka import TopicPartition
 
-    from streaming.kafka_io import make_consumer
+    from recallstream.streaming.kafka_io import make_consumer
 
     settings = with_checkpoints(stream, tmp_path / "graceful")
     process = subprocess.Popen(worker_command(settings), stdout=subprocess.PIPE,

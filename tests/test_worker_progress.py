@@ -3,7 +3,7 @@ trained batch instead of ``nan``."""
 
 import types
 
-from consumers.worker import Worker
+from recallstream.consumers.worker import Worker
 
 
 def progress_line(capsys, **report):

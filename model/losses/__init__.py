@@ -8,11 +8,11 @@
 - :func:`contrastive_margin` (contrastive, distance based).
 """
 
-from model.losses.catalog import catalog_softmax
-from model.losses.contrastive import contrastive_margin
-from model.losses.pairwise import triplet_hinge, triplet_logistic
-from model.losses.pointwise import pointwise_bce
-from model.losses.softmax import in_batch_softmax, mine_hard_negatives, remove_accidental_hits
+from recallstream.model.losses.catalog import catalog_softmax
+from recallstream.model.losses.contrastive import contrastive_margin
+from recallstream.model.losses.pairwise import triplet_hinge, triplet_logistic
+from recallstream.model.losses.pointwise import pointwise_bce
+from recallstream.model.losses.softmax import in_batch_softmax, mine_hard_negatives, remove_accidental_hits
 
 __all__ = [
     "catalog_softmax",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from model.losses._cosine import row_cosine
+from recallstream.model.losses._cosine import row_cosine
 
 __all__ = ["contrastive_margin"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.losses._cosine import row_cosine
+from recallstream.model.losses._cosine import row_cosine
 
 __all__ = ["triplet_hinge", "triplet_logistic"]
 

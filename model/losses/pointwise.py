@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from model.losses._cosine import row_cosine
+from recallstream.model.losses._cosine import row_cosine
 
 __all__ = ["pointwise_bce"]
 
@@ -36,7 +36,7 @@ def pointwise_bce(
         ``> 0``; maps cosine in [-1, 1] to logits in [-scale, scale].
     sample_weight
         ``[B]`` non-negative weights; the result is ``sum_i w_i l_i / B``
-        (same reduction as :func:`model.losses.in_batch_softmax`).
+        (same reduction as :func:`recallstream.model.losses.in_batch_softmax`).
 
     Returns
     -------

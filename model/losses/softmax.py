@@ -87,7 +87,7 @@ def in_batch_softmax(
     Examples
     --------
     >>> import torch
-    >>> from model.losses import in_batch_softmax
+    >>> from recallstream.model.losses import in_batch_softmax
     >>> generator = torch.Generator().manual_seed(0)
     >>> query = torch.nn.functional.normalize(torch.randn(4, 8, generator=generator), dim=1)
     >>> items = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=1)

@@ -20,7 +20,7 @@ class CandidateSample:
         replacement).
     probabilities
         ``[n]`` probability that one draw of the sampler returns ``ids[k]``;
-        ``log_q`` is what :func:`model.losses.in_batch_softmax` subtracts.
+        ``log_q`` is what :func:`recallstream.model.losses.in_batch_softmax` subtracts.
 
     Examples
     --------

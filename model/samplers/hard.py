@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from model.samplers.candidate_sample import CandidateSample
+from recallstream.model.samplers.candidate_sample import CandidateSample
 
 __all__ = ["HardNegativeSampler"]
 
@@ -29,7 +29,7 @@ class HardNegativeSampler:
     distribution in the usual sense. The reported probability of a returned id
     is its share of this call's picks (``times picked / (B * k)``), i.e. the
     empirical distribution the pooled hard candidates were taken from; that is
-    what :class:`model.samplers.MixedSampler` mixes in. Pass ``log_q=None`` for
+    what :class:`recallstream.model.samplers.MixedSampler` mixes in. Pass ``log_q=None`` for
     them if no correction is wanted.
 
     Examples

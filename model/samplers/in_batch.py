@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from model.samplers.candidate_sample import CandidateSample
+from recallstream.model.samplers.candidate_sample import CandidateSample
 
 __all__ = ["InBatchSampler"]
 
@@ -16,7 +16,7 @@ class InBatchSampler:
 
     A positive enters a batch with probability proportional to its share of
     the positive stream, so that share (estimated elsewhere, e.g. by
-    ``streaming.popularity.FrequencyEstimator.probability``) is its sampling
+    ``recallstream.streaming.popularity.FrequencyEstimator.probability``) is its sampling
     probability for logQ.
 
     Parameters

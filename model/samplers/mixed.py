@@ -6,10 +6,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from model.samplers.candidate_sample import CandidateSample
-from model.samplers.hard import HardNegativeSampler
-from model.samplers.in_batch import InBatchSampler
-from model.samplers.unigram import UnigramSampler
+from recallstream.model.samplers.candidate_sample import CandidateSample
+from recallstream.model.samplers.hard import HardNegativeSampler
+from recallstream.model.samplers.in_batch import InBatchSampler
+from recallstream.model.samplers.unigram import UnigramSampler
 
 __all__ = ["MixedSampler"]
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from model.samplers.candidate_sample import CandidateSample
+from recallstream.model.samplers.candidate_sample import CandidateSample
 
 __all__ = ["UnigramSampler"]
 

@@ -1,7 +1,7 @@
 """Decoding and validation speed: records/s for valid, invalid and mixed records, on one core.
 
 Each mix is a list of raw (key, value) records built once (seeded); a run
-decodes the whole list with ``streaming.decoding.decode``. Figures are medians
+decodes the whole list with ``recallstream.streaming.decoding.decode``. Figures are medians
 over ``--runs`` runs of records per CPU second of this process (``process_time``):
 on a shared machine wall time also counts other processes' turns on the core;
 ``valid_exposures_wall_per_s`` gives the wall-clock figure for comparison. ``orjson_loads_per_s`` is the bare JSON parse of the same
@@ -17,7 +17,7 @@ import statistics
 import time
 from typing import Any
 
-from consumers.usage import positive_int
+from recallstream.consumers.usage import positive_int
 
 TARGET_VALID_PER_S = 200_000
 # Share of invalid records in the mixed stream (poison input is rare but real).
@@ -68,7 +68,7 @@ def _median_rate(work, count: int, runs: int, clock=time.process_time) -> int:
 
 
 def _decode_all(kind: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
-    from streaming.decoding import decode
+    from recallstream.streaming.decoding import decode
 
     for key, value in records:
         decode(kind, key, value)
@@ -83,7 +83,7 @@ def _loads_all(values: list[bytes]) -> None:
 
 
 def _exposure(rng: random.Random, n: int) -> tuple[bytes, bytes]:
-    from streaming.events import Exposure
+    from recallstream.streaming.events import Exposure
 
     user = str(rng.randrange(100_000))
     event = Exposure(f"e{n}", 1.7e9 + n * 0.01, user, str(rng.randrange(50_000)), f"imp{n // 5}",
@@ -92,7 +92,7 @@ def _exposure(rng: random.Random, n: int) -> tuple[bytes, bytes]:
 
 
 def _click(rng: random.Random, n: int) -> tuple[bytes, bytes]:
-    from streaming.events import Click
+    from recallstream.streaming.events import Click
 
     event = Click(f"c{n}", 1.7e9 + n * 0.01, str(rng.randrange(100_000)),
                   str(rng.randrange(50_000)), f"imp{n}")
@@ -100,7 +100,7 @@ def _click(rng: random.Random, n: int) -> tuple[bytes, bytes]:
 
 
 def _item(rng: random.Random, n: int) -> tuple[bytes, bytes]:
-    from streaming.events import EntityRecord
+    from recallstream.streaming.events import EntityRecord
 
     record = EntityRecord("items", str(n), 1.7e9, {
         "title": f"Movie {n}", "release_year": 1950 + rng.randrange(50),

@@ -1,11 +1,11 @@
 """Local broker start-up: seconds to a first answer, for a new data folder and a restart.
 
-Each run starts a broker (:class:`consumers.local_kafka.LocalBroker`) on a free
+Each run starts a broker (:class:`recallstream.consumers.local_kafka.LocalBroker`) on a free
 port in a new temporary folder (storage formatting included), stops it, starts
 it again on the same folder (already formatted) and stops it. Figures are
 medians over ``--runs`` runs of wall seconds from the call to ``start`` until
 the broker answers a metadata request, and of ``stop``. ``jars_cached_s`` is
-the time of :func:`consumers.local_kafka.fetch_jars` when the jars are already
+the time of :func:`recallstream.consumers.local_kafka.fetch_jars` when the jars are already
 in the cache (what every start pays). Start-up is mostly JVM and Kafka
 initialisation, so on a shared machine it varies with the load.
 """
@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> dict[str, Any]:
-    from consumers.local_kafka import LocalBroker, fetch_jars, free_port, kafka_version
+    from recallstream.consumers.local_kafka import LocalBroker, fetch_jars, free_port, kafka_version
 
     fetch_jars(settings.kafka_cache_dir)
     began = time.perf_counter()

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import importlib
 
-from consumers.usage import positive_int
+from recallstream.consumers.usage import positive_int
 
 # benchmark name -> module; each module has add_arguments(parser) and run(args, settings) -> dict
 BENCHMARKS: dict[str, str] = {
-    "pipeline": "consumers.bench_pipeline",
-    "freshness": "consumers.bench_freshness",
-    "broker": "consumers.bench_broker",
-    "popularity": "consumers.bench_popularity",
-    "qdrant": "consumers.bench_qdrant",
-    "decode": "consumers.bench_decode",
-    "sampler": "consumers.bench_sampler",
-    "replay": "consumers.bench_replay",
-    "train": "consumers.bench_train",
+    "pipeline": "recallstream.consumers.bench.pipeline",
+    "freshness": "recallstream.consumers.bench.freshness",
+    "broker": "recallstream.consumers.bench.broker",
+    "popularity": "recallstream.consumers.bench.popularity",
+    "qdrant": "recallstream.consumers.bench.qdrant",
+    "decode": "recallstream.consumers.bench.decode",
+    "sampler": "recallstream.consumers.bench.sampler",
+    "replay": "recallstream.consumers.bench.replay",
+    "train": "recallstream.consumers.bench.train",
 }
 
 
@@ -43,7 +43,7 @@ def add_parser(subparsers) -> None:
 
 def _runner(module):
     def run(args, settings) -> int:
-        from consumers.cli import print_report
+        from recallstream.consumers.cli import print_report
 
         print_report(module.run(args, settings), args.json)
         return 0

@@ -1,7 +1,7 @@
 """``recallstream inspect TOPIC [--json]``: count a topic's valid and invalid records.
 
 Reads the topic from its beginning to the end it has when the command starts,
-with manual assignment and no consumer group (``streaming.kafka_io.read_topic``),
+with manual assignment and no consumer group (``recallstream.streaming.kafka_io.read_topic``),
 so it commits nothing and changes nothing. Each record is decoded as the kind
 its topic has in the settings (``--topic-clicks`` etc., or ``--kind``). On the
 dead-letters topic every record is an invalid one: they are counted by the
@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from consumers.usage import require_broker
+from recallstream.consumers.usage import require_broker
 
 UNREADABLE_DEAD_LETTER = "unreadable_dead_letter"
 
@@ -31,8 +31,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args, settings) -> int:
-    from consumers.cli import print_json
-    from streaming.kafka_io import read_topic
+    from recallstream.consumers.cli import print_json
+    from recallstream.streaming.kafka_io import read_topic
 
     kind = args.kind or kind_of_topic(settings, args.topic)
     if kind is None:
@@ -59,12 +59,12 @@ def kind_of_topic(settings, topic: str) -> str | None:
 
     Examples
     --------
-    >>> from streaming.settings import Settings
+    >>> from recallstream.streaming.settings import Settings
     >>> s = Settings.resolve(environ={})
     >>> kind_of_topic(s, s.topic_users), kind_of_topic(s, s.topic_dead_letters), kind_of_topic(s, "x")
     ('users', 'dead-letters', None)
     """
-    from streaming.ingest import topic_kinds
+    from recallstream.streaming.ingest import topic_kinds
 
     if topic == settings.topic_dead_letters:
         return "dead-letters"
@@ -82,8 +82,8 @@ def count_records(topic: str, kind: str, records: Iterable[Any]) -> dict[str, An
     {'topic': 'c', 'records': 3, 'valid': 0, 'invalid': 3,
      'invalid_by_reason': {'invalid_json': 2, 'not_an_object': 1}}
     """
-    from streaming.dead_letters import parse_dead_letter
-    from streaming.decoding import Invalid, decode
+    from recallstream.streaming.dead_letters import parse_dead_letter
+    from recallstream.streaming.decoding import Invalid, decode
 
     total, reasons = 0, Counter()
     for record in records:

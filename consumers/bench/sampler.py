@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from consumers.usage import positive_int
+from recallstream.consumers.usage import positive_int
 
 
 def add_arguments(parser) -> None:
@@ -30,8 +30,8 @@ def add_arguments(parser) -> None:
 def run(args, settings) -> dict:
     import numpy as np
 
-    from consumers.bench import zipf_item_batches
-    from model.samplers import UnigramSampler
+    from recallstream.consumers.bench import zipf_item_batches
+    from recallstream.model.samplers import UnigramSampler
 
     batches = zipf_item_batches(settings.seed, args.catalog, args.steps, settings.batch_size,
                                 args.zipf)

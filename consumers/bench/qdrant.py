@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from consumers.usage import positive_int
+from recallstream.consumers.usage import positive_int
 
 
 def add_arguments(parser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 def run(args, settings) -> dict:
     import numpy as np
 
-    from model.vector_index import VectorIndex
+    from recallstream.model.vector_index import VectorIndex
 
     rng = np.random.default_rng(settings.seed)
     figures: dict = {"qdrant": settings.qdrant if "://" not in settings.qdrant else "server",

@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from consumers.usage import positive_int, require_broker
+from recallstream.consumers.usage import positive_int, require_broker
 
 
 def add_arguments(parser) -> None:
@@ -28,8 +28,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> dict[str, Any]:
-    from consumers.replay import PRODUCER_OPTIONS, ReplayPlan
-    from streaming.movielens import load_movielens
+    from recallstream.consumers.replay import PRODUCER_OPTIONS, ReplayPlan
+    from recallstream.streaming.movielens import load_movielens
 
     require_broker(settings)
     plan = ReplayPlan(load_movielens("ml-100k"), limit=args.limit, seed=settings.seed,
@@ -53,8 +53,8 @@ def run(args, settings) -> dict[str, Any]:
 
 
 def _replay_rate(plan, settings, producer_options: dict) -> float:
-    from consumers.replay import publish
-    from streaming.kafka_io import admin_client, create_topics, make_producer
+    from recallstream.consumers.replay import publish
+    from recallstream.streaming.kafka_io import admin_client, create_topics, make_producer
 
     prefix = f"bench-replay-{uuid.uuid4().hex[:8]}"
     scratch = dataclasses.replace(

@@ -1,6 +1,6 @@
 """Training throughput (samples/s) of the default two-tower model, sparse-aware vs dense optimizers.
 
-Times :func:`model.train_step.train_step` on pre-encoded batches of the default
+Times :func:`recallstream.model.train_step.train_step` on pre-encoded batches of the default
 MovieLens model (batch 1024: the ``--batch-size`` setting) with users and items drawn
 from a large synthetic id space, so the embedding tables are as big as in
 production. The sparse-aware run updates embedding rows with ``SparseAdam``
@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from consumers.usage import positive_int
+from recallstream.consumers.usage import positive_int
 
 
 def add_arguments(parser) -> None:
@@ -42,8 +42,8 @@ def _samples_per_s(args, settings, *, dense: bool) -> float:
     import numpy as np
     import torch
 
-    from model.towers import TwoTower, movielens_config
-    from model.train_step import Batch, Optimizers, TrainConfig, train_step
+    from recallstream.model.towers import TwoTower, movielens_config
+    from recallstream.model.train_step import Batch, Optimizers, TrainConfig, train_step
 
     seed = settings.seed
     torch.manual_seed(seed)
@@ -72,7 +72,7 @@ def _dense(spec):
 def _batch(model, rng, size: int):
     import torch
 
-    from model.train_step import Batch
+    from recallstream.model.train_step import Batch
 
     genres = ["Action", "Comedy", "Drama", "Thriller", "Romance", "Sci-Fi"]
     user_ids = [f"u{k}" for k in rng.integers(0, 100_000, size)]

@@ -30,7 +30,7 @@ import time
 import uuid
 from typing import Any
 
-from consumers.usage import positive_int
+from recallstream.consumers.usage import positive_int
 
 
 def add_arguments(parser) -> None:
@@ -41,10 +41,10 @@ def add_arguments(parser) -> None:
 def run(args, settings) -> dict[str, Any]:
     import torch
 
-    from consumers.local_kafka import running_broker
-    from consumers.replay import ReplayPlan, publish
-    from streaming.kafka_io import scratch_topics
-    from streaming.movielens import load_movielens
+    from recallstream.consumers.local_kafka import running_broker
+    from recallstream.consumers.replay import ReplayPlan, publish
+    from recallstream.streaming.kafka_io import scratch_topics
+    from recallstream.streaming.movielens import load_movielens
 
     dataset = load_movielens("ml-100k")
     plan = ReplayPlan(dataset, limit=args.limit)
@@ -67,7 +67,7 @@ def run(args, settings) -> dict[str, Any]:
 
 
 def _pipeline_run(settings) -> tuple[float, float]:
-    from consumers.worker import Worker, WorkerOptions
+    from recallstream.consumers.worker import Worker, WorkerOptions
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-ckpt-") as folder:
         worker = Worker(dataclasses.replace(settings, checkpoint_dir=folder),
@@ -80,8 +80,8 @@ def _pipeline_run(settings) -> tuple[float, float]:
 def _bare_step_rate(settings, dataset, plan) -> float:
     import numpy as np
 
-    from consumers.worker import make_estimator, set_training_threads
-    from model.online import OnlineLearner
+    from recallstream.consumers.worker import make_estimator, set_training_threads
+    from recallstream.model.online import OnlineLearner
 
     set_training_threads()  # the worker's setting: same model, same threads
     learner = OnlineLearner(seed=settings.seed)

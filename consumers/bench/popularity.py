@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from consumers.usage import positive_int
+from recallstream.consumers.usage import positive_int
 
 
 def add_arguments(parser) -> None:
@@ -26,8 +26,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> dict:
-    from consumers.bench import zipf_item_batches
-    from streaming.popularity import FrequencyEstimator
+    from recallstream.consumers.bench import zipf_item_batches
+    from recallstream.streaming.popularity import FrequencyEstimator
 
     batches = zipf_item_batches(settings.seed, args.catalog, args.steps, settings.batch_size,
                                 args.zipf)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from consumers.usage import positive_int
+from recallstream.consumers.usage import positive_int
 
 
 def add_arguments(parser) -> None:
@@ -39,9 +39,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args, settings) -> dict[str, Any]:
-    from consumers.local_kafka import running_broker
-    from streaming.kafka_io import scratch_topics
-    from streaming.movielens import load_movielens
+    from recallstream.consumers.local_kafka import running_broker
+    from recallstream.streaming.kafka_io import scratch_topics
+    from recallstream.streaming.movielens import load_movielens
 
     dataset = load_movielens("ml-100k")
     settings = dataclasses.replace(settings, metrics_port=0, qdrant=":memory:")
@@ -62,9 +62,9 @@ def run(args, settings) -> dict[str, Any]:
 
 
 def _one_run(args, settings, dataset, seed: int) -> list[float | None]:
-    from consumers.replay import ReplayPlan, publish
-    from consumers.worker import Worker, WorkerOptions
-    from model.vector_index import VectorIndex
+    from recallstream.consumers.replay import ReplayPlan, publish
+    from recallstream.consumers.worker import Worker, WorkerOptions
+    from recallstream.model.vector_index import VectorIndex
 
     publish(ReplayPlan(dataset, limit=args.warmup), settings, progress=False)
     index = VectorIndex.connect(":memory:")
@@ -91,8 +91,8 @@ def _one_run(args, settings, dataset, seed: int) -> list[float | None]:
 
 
 def _probe(args, settings, dataset, index, rng) -> list[float | None]:
-    from streaming.events import Click, Exposure
-    from streaming.kafka_io import make_producer
+    from recallstream.streaming.events import Click, Exposure
+    from recallstream.streaming.kafka_io import make_producer
 
     producer = make_producer(settings, linger_ms=0)
     users, items = sorted(dataset.users), sorted(dataset.items)
@@ -119,8 +119,8 @@ def _probe(args, settings, dataset, index, rng) -> list[float | None]:
 
 def _background_clicks(settings, dataset, args, stop: threading.Event) -> None:
     """Clicks after the warm-up, paced at ``args.rate``, until ``stop``."""
-    from consumers.replay import PRODUCER_OPTIONS, ReplayPlan
-    from streaming.kafka_io import make_producer
+    from recallstream.consumers.replay import PRODUCER_OPTIONS, ReplayPlan
+    from recallstream.streaming.kafka_io import make_producer
 
     producer = make_producer(settings, **PRODUCER_OPTIONS)
     plan = ReplayPlan(dataset, limit=None)
