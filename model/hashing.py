@@ -2,7 +2,8 @@
 
 Python's built-in ``hash`` of a string is salted per process, so a model trained
 in one process would look up different rows in the next. Here every value is
-hashed with BLAKE2b (8-byte digest, keyed by the feature name), which gives the
+hashed with BLAKE2b (8-byte digest, keyed by the feature name;
+:func:`recallstream.streaming.hashing.blake2b64`), which gives the
 same bucket on every machine, process and Python version.
 
 Bucket 0 is reserved for missing values (``None`` or the empty string); every
@@ -21,10 +22,11 @@ True
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 
 import numpy as np
+
+from recallstream.streaming.hashing import blake2b64
 
 MISSING_BUCKET = 0
 
@@ -99,8 +101,7 @@ def bucketize(values: Iterable[str | None], num_buckets: int, key: str = "") -> 
 def _hash_one(value: str, key: str, key_bytes: bytes) -> int:
     cached = _cache.get((key, value))
     if cached is None:
-        digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8, key=key_bytes).digest()
-        cached = int.from_bytes(digest, "little")
+        cached = blake2b64(value, key_bytes)
         if len(_cache) >= _CACHE_LIMIT:
             _cache.clear()
         _cache[(key, value)] = cached

@@ -40,22 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recallstream.streaming.events import Click, Exposure
-
-_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The SplitMix64 finaliser, elementwise on a ``uint64`` array (wrapping arithmetic).
-
-    Examples
-    --------
-    >>> hex(int(splitmix64(np.array([0], dtype=np.uint64))[0]))  # SplitMix64 seeded 0, first output
-    '0xe220a8397b1dcdaf'
-    """
-    z = np.asarray(x, dtype=np.uint64) + _GOLDEN_GAMMA
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+from recallstream.streaming.hashing import splitmix64
 
 
 def counter_random(seed: int, index: np.ndarray, slot: int, attempt: np.ndarray | int = 0) -> np.ndarray:

@@ -43,17 +43,16 @@ numbers (:meth:`FrequencyEstimator.state_dict`) for the worker's checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from recallstream.streaming.hashing import blake2b64, splitmix64
+
 # String id -> 64-bit key cache size; cleared when full so that an unbounded id
 # universe cannot grow memory without limit (a catalog fits many times over).
 DEFAULT_CACHE_SIZE = 1 << 20
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 class FrequencyEstimator:
@@ -106,8 +105,8 @@ class FrequencyEstimator:
         # Row r holds hash function r; B == 0 marks a bucket never seen (a real gap is >= 1).
         self.last_seen = np.zeros((self.num_hashes, self.num_buckets), dtype=np.int64)
         self.gap = np.zeros((self.num_hashes, self.num_buckets), dtype=np.float64)
-        self._salts = _splitmix64(np.arange(self.num_hashes, dtype=np.uint64)
-                                  + np.uint64(self.seed % (1 << 64)) * np.uint64(self.num_hashes))
+        self._salts = splitmix64(np.arange(self.num_hashes, dtype=np.uint64)
+                                 + np.uint64(self.seed % (1 << 64)) * np.uint64(self.num_hashes))
         self._key_cache: dict[str, int] = {}
 
     def update(self, ids: Iterable[str] | np.ndarray) -> None:
@@ -165,7 +164,7 @@ class FrequencyEstimator:
     def buckets(self, ids: Iterable[str] | np.ndarray) -> np.ndarray:
         """Bucket of each id under each hash function, shape ``(num_hashes, len(ids))``."""
         keys = self.keys(ids)
-        mixed = _splitmix64(keys[None, :] ^ self._salts[:, None])
+        mixed = splitmix64(keys[None, :] ^ self._salts[:, None])
         return (mixed % np.uint64(self.num_buckets)).astype(np.int64)
 
     def _flat_buckets(self, ids) -> np.ndarray:
@@ -212,13 +211,4 @@ def string_key(item_id: str) -> int:
     >>> string_key("42") == string_key("42") != string_key("43")
     True
     """
-    digest = hashlib.blake2b(item_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    # SplitMix64 finaliser: a bijective mix so that nearby keys land in unrelated buckets.
-    x = np.asarray(x, dtype=np.uint64) + _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    return blake2b64(item_id) >> 1

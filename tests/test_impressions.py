@@ -7,7 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from recallstream.streaming.impressions import ImpressionSimulator, counter_random, splitmix64
+from recallstream.streaming.hashing import splitmix64
+from recallstream.streaming.impressions import ImpressionSimulator, counter_random
 
 MASK = 2**64 - 1
 
