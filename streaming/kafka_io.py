@@ -357,17 +357,39 @@ def _quiet_kafka_logs() -> Iterator[None]:
         logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def scratch_topics(settings: Settings, run_id: str, partitions: int | None = None) -> Iterator[Settings]:
-    """``settings`` with the five topics renamed ``{run_id}-<name>``, created on entry
-    and deleted on exit (demos and benchmarks that must not mix with earlier runs)."""
-    settings = dataclasses.replace(
+def scratch_settings(settings: Settings, run_id: str, partitions: int | None = None) -> Settings:
+    """``settings`` with the five topics named ``{run_id}-<name>`` and the consumer group
+    ``run_id`` (and ``partitions``, when given): the names :func:`scratch_topics` creates.
+
+    Examples
+    --------
+    >>> from recallstream.streaming.settings import Settings
+    >>> s = scratch_settings(Settings.resolve(environ={}), "run-1", partitions=2)
+    >>> s.topic_clicks, s.topic_dead_letters, s.consumer_group, s.partitions
+    ('run-1-clicks', 'run-1-dead-letters', 'run-1', 2)
+    """
+    partitions = settings.partitions if partitions is None else partitions
+    return dataclasses.replace(
         settings, topic_exposures=f"{run_id}-exposures", topic_clicks=f"{run_id}-clicks",
         topic_items=f"{run_id}-items", topic_users=f"{run_id}-users",
-        topic_dead_letters=f"{run_id}-dead-letters", consumer_group=run_id)
-    topics = create_topics(settings, partitions)
+        topic_dead_letters=f"{run_id}-dead-letters", consumer_group=run_id, partitions=partitions)
+
+
+@contextlib.contextmanager
+def scratch_topics(settings: Settings, run_id: str, partitions: int | None = None) -> Iterator[Settings]:
+    """:func:`scratch_settings`, with the topics created on entry and deleted on exit
+    (tests, demos and benchmarks that must not mix with other runs).
+
+    Examples
+    --------
+    With a broker: ``with scratch_topics(settings, f"bench-{uuid4().hex[:8]}") as s:``
+    gives settings whose five topics exist until the block ends.
+    """
+    settings = scratch_settings(settings, run_id, partitions)
+    topics = create_topics(settings)
     try:
         yield settings
     finally:
+        # Only what this call created: leaves a shared broker as it was found.
         with admin_client(settings) as admin:
             admin.delete_topics(topics, raise_errors=False)

@@ -14,7 +14,6 @@ Tests that use neither fixture never start a broker.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import uuid
@@ -58,20 +57,9 @@ def _start_test_broker(data_dir):
 
 @pytest.fixture
 def topic_settings(kafka_settings, request):
-    from recallstream.streaming.kafka_io import admin_client, create_topics
+    from recallstream.streaming.kafka_io import scratch_topics
 
     # Topic names allow [A-Za-z0-9._-]; '.' is avoided as Kafka treats it like '_' in metrics.
-    prefix = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:120] + "-" + uuid.uuid4().hex[:8]
-    settings = dataclasses.replace(
-        kafka_settings,
-        topic_exposures=f"{prefix}-exposures", topic_clicks=f"{prefix}-clicks",
-        topic_items=f"{prefix}-items", topic_users=f"{prefix}-users",
-        topic_dead_letters=f"{prefix}-dead-letters", consumer_group=f"{prefix}-group",
-        partitions=TEST_PARTITIONS)
-    create_topics(settings)
-    yield settings
-    # Leaves a shared (KAFKA_BOOTSTRAP_SERVERS) broker as it was found.
-    with admin_client(settings) as admin:
-        admin.delete_topics([settings.topic_exposures, settings.topic_clicks, settings.topic_items,
-                             settings.topic_users, settings.topic_dead_letters],
-                            raise_errors=False)
+    run_id = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:120] + "-" + uuid.uuid4().hex[:8]
+    with scratch_topics(kafka_settings, run_id, partitions=TEST_PARTITIONS) as settings:
+        yield settings

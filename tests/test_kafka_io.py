@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 
 import pytest
@@ -11,17 +10,14 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.structs import OffsetAndMetadata
 
 from recallstream.streaming.kafka_io import (MAX_MESSAGE_BYTES, admin_client, create_topics, end_offsets,
-                                make_consumer, make_producer, read_topic, topic_layout,
+                                make_consumer, make_producer, read_topic, scratch_settings, topic_layout,
                                 wait_for_broker)
 from recallstream.streaming.settings import Settings
 
 
 def fresh_names(settings: Settings) -> Settings:
     """Settings with topic names no test has created yet."""
-    tag = uuid.uuid4().hex[:8]
-    return dataclasses.replace(
-        settings, topic_exposures=f"e-{tag}", topic_clicks=f"c-{tag}", topic_items=f"i-{tag}",
-        topic_users=f"u-{tag}", topic_dead_letters=f"d-{tag}")
+    return scratch_settings(settings, f"t-{uuid.uuid4().hex[:8]}")
 
 
 def produce(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None]]):

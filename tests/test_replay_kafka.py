@@ -14,7 +14,8 @@ from recallstream.consumers.cli import main
 from recallstream.consumers.replay import ReplayPlan
 from recallstream.streaming.decoding import Invalid, decode
 from recallstream.streaming.events import Click, EntityRecord, Exposure
-from recallstream.streaming.kafka_io import admin_client, end_offsets, read_topic
+from recallstream.streaming.kafka_io import (admin_client, end_offsets, read_topic, scratch_settings,
+                                             topic_layout)
 from recallstream.streaming.movielens import load_movielens
 
 TOPIC_FLAGS = ("bootstrap_servers", "partitions", "topic_exposures", "topic_clicks", "topic_items",
@@ -118,11 +119,7 @@ def test_limited_paced_replay_publishes_the_plan_prefix(topic_settings, capsys, 
 
 def test_replay_creates_missing_topics_with_the_settings_partitions(kafka_settings, capsys):
     # Fresh names, not created by a fixture: the replay must create them itself.
-    prefix = f"replay-creates-{uuid.uuid4().hex[:8]}"
-    settings = dataclasses.replace(
-        kafka_settings, topic_exposures=f"{prefix}-exposures", topic_clicks=f"{prefix}-clicks",
-        topic_items=f"{prefix}-items", topic_users=f"{prefix}-users",
-        topic_dead_letters=f"{prefix}-dead-letters")
+    settings = scratch_settings(kafka_settings, f"replay-creates-{uuid.uuid4().hex[:8]}")
     try:
         replay(settings, capsys, "--limit", "10", "--max", "--partitions", "3")
         assert len(end_offsets(settings, settings.topic_clicks)) == 3
@@ -130,9 +127,7 @@ def test_replay_creates_missing_topics_with_the_settings_partitions(kafka_settin
         assert sum(end_offsets(settings, settings.topic_clicks).values()) == 10
     finally:
         with admin_client(settings) as admin:
-            admin.delete_topics([settings.topic_exposures, settings.topic_clicks,
-                                 settings.topic_items, settings.topic_users,
-                                 settings.topic_dead_letters], raise_errors=False)
+            admin.delete_topics(list(topic_layout(settings)), raise_errors=False)
 
 
 def test_records_the_broker_rejects_are_counted_and_fail_the_command(topic_settings, capsys):

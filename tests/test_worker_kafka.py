@@ -40,17 +40,19 @@ POISON = [b"{not json", b'{"event_id": "x", "ts": NaN}', b"[1, 2, 3]", b"",
 @pytest.fixture(scope="module")
 def stream(kafka_settings, tmp_path_factory):
     """Topics holding the replay of the first CLICKS ratings (module-wide: replayed once)."""
-    from recallstream.streaming.kafka_io import create_topics, make_producer
+    from recallstream.streaming.kafka_io import scratch_topics
 
-    prefix = f"worker-{os.getpid()}-{random.randrange(1 << 30)}"
-    settings = dataclasses.replace(
-        kafka_settings, partitions=2,
-        topic_exposures=f"{prefix}-exposures", topic_clicks=f"{prefix}-clicks",
-        topic_items=f"{prefix}-items", topic_users=f"{prefix}-users",
-        topic_dead_letters=f"{prefix}-dead-letters", consumer_group=f"{prefix}-group",
-        batch_size=BATCH, batch_timeout_s=1e6, checkpoint_every_s=1e6,
-        checkpoint_every_batches=4, metrics_port=0)
-    create_topics(settings)
+    tuned = dataclasses.replace(kafka_settings, batch_size=BATCH, batch_timeout_s=1e6,
+                                checkpoint_every_s=1e6, checkpoint_every_batches=4, metrics_port=0)
+    with scratch_topics(tuned, f"worker-{os.getpid()}-{random.randrange(1 << 30)}",
+                        partitions=2) as settings:
+        yield _replayed(settings)
+
+
+def _replayed(settings):
+    """Publish the first CLICKS ratings, then the POISON clicks, to ``settings``' topics."""
+    from recallstream.streaming.kafka_io import make_producer
+
     summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=CLICKS), settings, progress=False)
     assert (summary.clicks, summary.failed) == (CLICKS, 0)
     producer = make_producer(settings)

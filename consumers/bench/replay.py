@@ -13,7 +13,6 @@ encoding the same events without Kafka, the replay's own share of the cost.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 import uuid
@@ -54,26 +53,17 @@ def run(args, settings) -> dict[str, Any]:
 
 def _replay_rate(plan, settings, producer_options: dict) -> float:
     from recallstream.consumers.replay import publish
-    from recallstream.streaming.kafka_io import admin_client, create_topics, make_producer
+    from recallstream.streaming.kafka_io import make_producer, scratch_topics
 
-    prefix = f"bench-replay-{uuid.uuid4().hex[:8]}"
-    scratch = dataclasses.replace(
-        settings, topic_exposures=f"{prefix}-exposures", topic_clicks=f"{prefix}-clicks",
-        topic_items=f"{prefix}-items", topic_users=f"{prefix}-users",
-        topic_dead_letters=f"{prefix}-dead-letters")
-    create_topics(scratch)
-    producer = make_producer(scratch, **producer_options)
-    try:
-        summary = publish(plan, scratch, progress=False, producer=producer)
-        if summary.failed:
-            raise RuntimeError(f"{summary.failed} records were not acknowledged")
-        return (summary.clicks + summary.exposures) / summary.seconds
-    finally:
-        producer.close()
-        with admin_client(scratch) as admin:
-            admin.delete_topics([scratch.topic_exposures, scratch.topic_clicks, scratch.topic_items,
-                                 scratch.topic_users, scratch.topic_dead_letters],
-                                raise_errors=False)
+    with scratch_topics(settings, f"bench-replay-{uuid.uuid4().hex[:8]}") as scratch:
+        producer = make_producer(scratch, **producer_options)
+        try:
+            summary = publish(plan, scratch, progress=False, producer=producer)
+        finally:
+            producer.close()
+    if summary.failed:
+        raise RuntimeError(f"{summary.failed} records were not acknowledged")
+    return (summary.clicks + summary.exposures) / summary.seconds
 
 
 def _plan_rate(plan, settings, events: int) -> float:
