@@ -46,7 +46,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -75,10 +75,13 @@ class Prefetcher:
         A poll that has not returned after this long is a stall: :meth:`get`
         raises instead of waiting forever, so the process can restart from its
         checkpoint.
+    clock : callable, default time.monotonic
+        Seconds, for how long a poll has run (tests pass a clock they advance).
     """
 
     def __init__(self, ingestor: Any, max_queued: int = 32, poll_timeout_s: float = 0.1,
-                 wake_after_s: float = 5.0, stall_timeout_s: float = 120.0) -> None:
+                 wake_after_s: float = 5.0, stall_timeout_s: float = 120.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be >= 1, got {max_queued}")
         self.ingestor = ingestor
@@ -86,6 +89,7 @@ class Prefetcher:
         self.poll_timeout_s = poll_timeout_s
         self.wake_after_s = wake_after_s
         self.stall_timeout_s = stall_timeout_s
+        self._clock = clock
         self.wakes = 0  # stuck polls woken so far
         self._poll_started = 0.0
         self._woken = False
@@ -114,7 +118,7 @@ class Prefetcher:
                 self._cond.notify_all()
                 return item
             self._raise_error()
-            polling_for = time.monotonic() - self._poll_started if self._polling else 0.0
+            polling_for = self._clock() - self._poll_started if self._polling else 0.0
             if polling_for > self.stall_timeout_s:
                 raise StalledIngestion(f"a Kafka poll has not returned for {self.stall_timeout_s} s")
             wake = polling_for > self.wake_after_s and not self._woken
@@ -130,6 +134,14 @@ class Prefetcher:
         """True when nothing is queued and the last poll found every partition at its end."""
         with self._cond:
             return not self._queue and self._caught_up
+
+    def wait_until_full(self, timeout_s: float) -> bool:
+        """Wait until ``max_queued`` results are queued and no poll runs, i.e. until the
+        thread waits for the trainer; False if that does not happen within ``timeout_s``."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: len(self._queue) >= self.max_queued and not self._polling,
+                timeout=timeout_s)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[list]:
@@ -166,7 +178,7 @@ class Prefetcher:
                 if self._closed:
                     return
                 self._polling = True
-                self._poll_started = time.monotonic()
+                self._poll_started = self._clock()
                 self._woken = False
             try:
                 result = self.ingestor.poll(timeout_s=self.poll_timeout_s)
