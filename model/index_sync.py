@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -70,17 +70,21 @@ class IndexSync:
         coalesce, so a hot item is written once per interval instead of once per
         batch: embedded Qdrant spends Python time per point, which the trainer
         feels through the GIL. :meth:`drain` does not wait for the interval.
+    sleep : callable, default time.sleep
+        Waits out the pause after a failed write (tests pass one that records it).
     """
 
     def __init__(self, index: VectorIndex, *, items: str, users: str, dim: int,
                  max_points_per_write: int = 2048, initial_backoff_s: float = 0.5,
-                 max_backoff_s: float = 10.0, min_interval_s: float = 0.0) -> None:
+                 max_backoff_s: float = 10.0, min_interval_s: float = 0.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.index = index
         self.items, self.users = items, users
         self.max_points_per_write = max_points_per_write
         self.initial_backoff_s, self.max_backoff_s = initial_backoff_s, max_backoff_s
         self.failed_writes = 0
         self.min_interval_s = min_interval_s
+        self._sleep = sleep
         self._draining = 0
         index.ensure_collection(items, dim)
         index.ensure_collection(users, dim)
@@ -171,7 +175,7 @@ class IndexSync:
                 self._put_back(kind, work)
                 log.warning("Qdrant write of %d points failed (%s); retrying in %.1f s",
                             len(work), error, backoff)
-                time.sleep(backoff)
+                self._sleep(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
                 continue
             backoff = self.initial_backoff_s
