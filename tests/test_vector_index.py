@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -120,28 +121,38 @@ def test_alias_swap_is_atomic_for_readers(index):
     index.ensure_collection("items", dim=4)  # the alias counts as existing: nothing created
     assert index.aliases() == {"items": "items_v1"}
 
-    seen, errors, done = [], [], threading.Event()
+    seen, errors, done, enough = [], [], threading.Event(), threading.Event()
 
     def reader():
         try:
             while not done.is_set():
                 versions = {h[2]["version"] for h in index.search("items", [1, 0, 0, 0], limit=30)}
                 seen.append(versions)
+                if len(seen) >= 100:
+                    enough.set()
         except Exception as error:  # surfaced below
             errors.append(error)
+        finally:
+            enough.set()  # a reader that failed ends the swapping too
 
-    thread = threading.Thread(target=reader)
+    thread = threading.Thread(target=reader, name="alias-reader")
     thread.start()
+    deadline = time.monotonic() + 120  # a bound on the loop; the test normally takes < 1 s
     try:
         i = 0
-        while i < 200 or len(seen) < 100 or i % 2:  # swap until many queries ran in between
+        while i < 200 or not enough.is_set() or i % 2:  # swap until many queries ran in between
+            if time.monotonic() > deadline:
+                pytest.fail(f"the reader ran {len(seen)} of 100 queries while {i} swaps "
+                            f"took 120 s (reader alive: {thread.is_alive()})")
             previous = index.swap_alias("items", "items_v2" if i % 2 == 0 else "items_v1")
             assert previous == ("items_v1" if i % 2 == 0 else "items_v2")
             i += 1
     finally:
         done.set()
-        thread.join()
-    assert not errors
+        thread.join(timeout=60)
+    assert not thread.is_alive(), "the reader did not stop within 60 s of being told to"
+    assert not errors, errors
+    assert len(seen) >= 100
     assert {1} in seen and {2} in seen  # the readers saw both sides of the swaps ...
     assert all(versions in ({1}, {2}) for versions in seen)  # ... never mixed, never missing
     assert index.resolve("items") == "items_v1"
