@@ -12,7 +12,7 @@ def test_recbole_default_is_the_full_catalogue_softmax_with_full_batch_epochs():
     assert setup.epochs >= 100 and setup.patience >= 10  # one step per epoch
 
 
-def test_in_batch_is_what_the_streaming_worker_trains():
+def test_in_batch_is_the_in_batch_softmax_with_log_q_and_accidental_hits_removed():
     setup = protocol_setup("recbole", "in_batch")
     assert setup.train.loss == "softmax" and setup.train.use_log_q
     assert setup.train.remove_accidental_hits
