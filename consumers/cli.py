@@ -65,9 +65,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+# Numbers as keys (partition offsets) become strings, as JSON requires; numpy values are numbers.
+JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
 def print_json(obj) -> None:
-    """Print one JSON object on stdout (the ``--json`` output of every command)."""
-    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    """Print one JSON object on stdout (the ``--json`` output of every command).
+
+    Examples
+    --------
+    >>> print_json({"offsets": {"clicks": {0: 12}}})
+    {
+      "offsets": {
+        "clicks": {
+          "0": 12
+        }
+      }
+    }
+    """
+    sys.stdout.write(orjson.dumps(obj, option=JSON_OPTIONS).decode() + "\n")
     sys.stdout.flush()
 
 

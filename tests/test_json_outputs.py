@@ -1,0 +1,99 @@
+"""The ``--json`` outputs that no other test file parses: each is one JSON object on stdout
+with the documented keys and values.
+
+Parsed elsewhere: ``inspect`` (test_ingest_kafka), ``replay`` (test_replay_kafka), ``worker``
+(test_worker_kafka), ``train`` and ``eval offline`` (test_offline_cli), ``bench`` train,
+popularity, sampler and decode (test_bench_cli). ``demo`` has no ``--json``.
+"""
+
+import dataclasses
+
+import orjson
+import pytest
+
+from recallstream.consumers.cli import main
+from recallstream.streaming.settings import Settings
+
+WORKER_FLAGS = ("bootstrap_servers", "topic_exposures", "topic_clicks", "topic_items",
+                "topic_users", "topic_dead_letters", "consumer_group", "partitions",
+                "batch_size", "batch_timeout_s", "checkpoint_dir", "metrics_port", "qdrant")
+EXPOSURES = 4  # per replayed click: the clicked item and 3 others
+
+
+def run_json(capsys, *argv: str) -> dict:
+    assert main([*argv, "--json"]) == 0
+    return orjson.loads(capsys.readouterr().out)
+
+
+def test_config_prints_every_setting_with_flags_applied_and_secrets_masked(capsys):
+    described = run_json(capsys, "config", "--partitions", "7", "--qdrant-api-key", "s3cret")
+    assert set(described) == set(Settings.__dataclass_fields__)
+    assert described["partitions"] == 7 and described["qdrant_api_key"] == "***"
+
+
+@pytest.fixture
+def trained(topic_settings, tmp_path, capsys):
+    """A few hundred clicks replayed and trained: ``(settings, worker report)``; the
+    checkpoint directory holds the worker's checkpoints."""
+    settings = dataclasses.replace(topic_settings, batch_size=50, batch_timeout_s=0.2,
+                                   checkpoint_dir=str(tmp_path / "ckpt"), metrics_port=0,
+                                   qdrant=":memory:")
+    flags = settings.flags(*WORKER_FLAGS)
+    replayed = run_json(capsys, "replay", "--limit", "200", "--max", "--no-progress", *flags)
+    assert (replayed["clicks"], replayed["failed"]) == (200, 0)
+    report = run_json(capsys, "worker", "--exit-when-idle", "2", *flags)
+    return settings, report
+
+
+def test_checkpoint_inspect_prints_offsets_by_partition_and_the_counters(trained, capsys):
+    settings, report = trained
+    summary = run_json(capsys, "checkpoint", "inspect", "--checkpoint-dir", settings.checkpoint_dir)
+    assert summary["clicks_trained"] == report["clicks_trained"] == 200
+    assert summary["batches"] == summary["model_version"] == report["batches"] == 4
+    assert summary["exposures_seen"] == EXPOSURES * 200 and summary["dead_lettered"] == 0
+    assert summary["path"].startswith(settings.checkpoint_dir)
+    # JSON keys are strings: partition numbers come back as "0", "1"
+    clicks = summary["offsets"][settings.topic_clicks]
+    assert set(clicks) <= {"0", "1"} and sum(clicks.values()) == 200
+
+
+def test_bench_qdrant_reports_upsert_and_search_figures_per_size(capsys):
+    figures = run_json(capsys, "bench", "qdrant", "--runs", "1", "--sizes", "50,200",
+                       "--dim", "8", "--queries", "5", "--limit", "10", "--qdrant", ":memory:")
+    assert (figures["qdrant"], figures["dim"], figures["limit"], figures["runs"]) == (
+        ":memory:", 8, 10, 1)
+    for size in (50, 200):
+        sized = [key for key in figures if key.endswith(f"_{size}")]
+        assert sized and all(figures[key] > 0 for key in sized), figures
+
+
+def test_bench_replay_reports_events_per_second(kafka_settings, capsys):
+    figures = run_json(capsys, "bench", "replay", "--runs", "1", "--limit", "50",
+                       *kafka_settings.flags("bootstrap_servers"))
+    # each click comes with EXPOSURES exposures: the clicked item's and 3 others
+    assert (figures["events"], figures["limit"], figures["runs"]) == (50 * (1 + EXPOSURES), 50, 1)
+    assert figures["replay_events_per_s"] > 0 and figures["default_producer_events_per_s"] > 0
+    assert figures["tuning_gain"] > 0
+
+
+def test_bench_pipeline_reports_pipeline_and_bare_step_rates(kafka_settings, capsys):
+    figures = run_json(capsys, "bench", "pipeline", "--runs", "1", "--limit", "300",
+                       "--batch-size", "100", *kafka_settings.flags("bootstrap_servers"))
+    assert (figures["clicks"], figures["events"], figures["batch_size"]) == (300, 300 * (1 + EXPOSURES), 100)
+    assert figures["pipeline_clicks_per_s"] > 0 and figures["bare_step_samples_per_s"] > 0
+    assert figures["ratio"] > 0
+
+
+def test_bench_freshness_reports_probe_latencies(kafka_settings, capsys):
+    figures = run_json(capsys, "bench", "freshness", "--runs", "1", "--warmup", "100",
+                       "--probes", "3", "--interval", "0.05", "--rate", "20",
+                       "--batch-size", "20", "--batch-timeout-s", "0.2",
+                       *kafka_settings.flags("bootstrap_servers"))
+    assert (figures["probes"], figures["probes_timed_out"], figures["runs"]) == (3, 0, 1)
+    assert 0 < figures["freshness_p50_s"] <= figures["freshness_p99_s"] <= figures["freshness_max_s"]
+
+
+def test_bench_broker_reports_start_restart_and_stop_seconds(capsys):
+    figures = run_json(capsys, "bench", "broker", "--runs", "1")
+    assert figures["kafka_version"].startswith("4.") and figures["runs"] == 1
+    assert all(figures[key] > 0 for key in ("first_start_s", "restart_s", "stop_s"))
