@@ -8,6 +8,8 @@ run side by side with different ports and folders.
 
 from __future__ import annotations
 
+from recallstream.consumers.usage import CommandError
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("broker", help="start, stop or check the local Kafka broker")
@@ -15,7 +17,7 @@ def add_parser(subparsers) -> None:
     for name, run, help in [
             ("start", run_start, "start the broker in the background and wait until it answers"),
             ("stop", run_stop, "stop the broker (SIGTERM, then SIGKILL after a timeout)"),
-            ("status", run_status, "exit 0 if the broker answers, else 1"),
+            ("status", run_status, "exit 0 if the broker answers, else 1 (with a line on stderr)"),
             ("fetch", run_fetch, "download the broker's jars into the cache (done by start)")]:
         action = actions.add_parser(name, parents=[subparsers.settings_parent], help=help)
         action.add_argument("--port", dest="broker_port", default=None,
@@ -28,14 +30,11 @@ def add_parser(subparsers) -> None:
 
 
 def run_start(args, settings) -> int:
-    from recallstream.consumers.local_kafka import BrokerError, LocalBroker
+    from recallstream.consumers.local_kafka import LocalBroker
 
-    try:
-        broker = LocalBroker.from_settings(settings)
-        started = broker.start(timeout_s=args.timeout)
-    except BrokerError as error:
-        print(f"error: {error}")
-        return 1
+    # A BrokerError is a CommandError: main prints it on stderr and exits 1.
+    broker = LocalBroker.from_settings(settings)
+    started = broker.start(timeout_s=args.timeout)
     state = "started" if started else "already running"
     print(f"broker {state} on {broker.bootstrap_servers} (pid {broker.running_pid()}, "
           f"log {broker.log_path})")
@@ -60,16 +59,11 @@ def run_status(args, settings) -> int:
         print(f"broker answers on {broker.bootstrap_servers} (pid {pid}, data {broker.data_dir})")
         return 0
     state = f"pid {pid} runs but does not answer; see {broker.log_path}" if pid else "not running"
-    print(f"no broker answers on {broker.bootstrap_servers} ({state})")
-    return 1
+    raise CommandError(f"no broker answers on {broker.bootstrap_servers} ({state})")
 
 
 def run_fetch(args, settings) -> int:
-    from recallstream.consumers.local_kafka import BrokerError, fetch_jars
+    from recallstream.consumers.local_kafka import fetch_jars
 
-    try:
-        print(f"Kafka jars in {fetch_jars(settings.kafka_cache_dir)}")
-    except BrokerError as error:
-        print(f"error: {error}")
-        return 1
+    print(f"Kafka jars in {fetch_jars(settings.kafka_cache_dir)}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from recallstream.consumers.usage import CommandError
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("checkpoint", help="look into the worker's checkpoints")
@@ -37,7 +39,6 @@ def run_inspect(args, settings) -> int:
     paths = store.paths()
     state = store.load_latest()
     if state is None:
-        print(f"no checkpoint in {settings.checkpoint_dir}")
-        return 1
+        raise CommandError(f"no checkpoint in {settings.checkpoint_dir}")
     print_report(summarize(state, str(paths[-1])), args.json)
     return 0

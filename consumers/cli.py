@@ -14,7 +14,7 @@ import sys
 
 import orjson
 
-from recallstream.consumers.usage import UsageError
+from recallstream.consumers.usage import CommandError, exit_status_epilog
 from recallstream.streaming.settings import Settings, add_setting_flags
 
 # One module per command (or command group); order is the order of --help.
@@ -43,7 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.settings_parent = settings_parent  # command modules pass it as a parent
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(subparsers)
+    _add_epilog(parser, exit_status_epilog())
     return parser
+
+
+def _add_epilog(parser: argparse.ArgumentParser, epilog: str) -> None:
+    # Every parser, sub-commands' included, ends its --help with the exit statuses.
+    parser.epilog = epilog
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the epilog's lines
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_epilog(sub, epilog)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -60,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     try:
         return int(args.func(args, settings) or 0)
-    except UsageError as error:
+    except CommandError as error:
         print(f"recallstream {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.status
 
 
 # Numbers as keys (partition offsets) become strings, as JSON requires; numpy values are numbers.

@@ -22,7 +22,7 @@ import uuid
 
 import orjson
 
-from recallstream.consumers.usage import positive_int
+from recallstream.consumers.usage import CommandError, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -74,7 +74,10 @@ def _run_on_topics(args, settings) -> int:
         if replay.poll() is None:
             replay.kill()
         index.close()
-    return 0 if report["clicks_trained"] == plan.num_clicks == replayed["clicks"] else 1
+    if not report["clicks_trained"] == plan.num_clicks == replayed["clicks"]:
+        raise CommandError(f"{plan.num_clicks} clicks planned, {replayed['clicks']} replayed, "
+                           f"{report['clicks_trained']} trained")
+    return 0
 
 
 def _replay_command(args, settings) -> list[str]:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from recallstream.consumers.usage import require_broker
+from recallstream.consumers.usage import UsageError, require_broker
 
 UNREADABLE_DEAD_LETTER = "unreadable_dead_letter"
 
@@ -36,14 +36,12 @@ def run(args, settings) -> int:
 
     kind = args.kind or kind_of_topic(settings, args.topic)
     if kind is None:
-        print(f"error: {args.topic!r} is none of the configured topics; pass --kind")
-        return 2
+        raise UsageError(f"{args.topic!r} is none of the configured topics; pass --kind")
     require_broker(settings)
     try:
         report = count_records(args.topic, kind, read_topic(settings, args.topic))
     except ValueError as error:  # the topic does not exist
-        print(f"error: {error}")
-        return 2
+        raise UsageError(str(error)) from None
     if args.json:
         print_json(report)
     else:

@@ -45,6 +45,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from recallstream.consumers.usage import CommandError, UsageError
 from recallstream.streaming.kafka_io import MAX_MESSAGE_BYTES, wait_for_broker
 from recallstream.streaming.settings import Settings
 
@@ -56,8 +57,8 @@ JVM_OPTIONS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"
                "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"]
 
 
-class BrokerError(RuntimeError):
-    """The local broker could not be fetched, started or stopped."""
+class BrokerError(CommandError, RuntimeError):
+    """The local broker could not be fetched, started or stopped (a command exits 1)."""
 
 
 def kafka_version(pom: Path = KAFKA_PROJECT / "pom.xml") -> str:
@@ -412,7 +413,7 @@ def running_broker(settings: Settings, say=None) -> Iterator[Settings]:
         yield settings
         return
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        raise BrokerError(f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} does not answer")
+        raise UsageError(f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} does not answer")
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))  # stdout may be JSON
     say(f"starting the local Kafka broker on port {settings.broker_port} ...")
     broker = LocalBroker.from_settings(settings)

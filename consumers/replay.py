@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recallstream.consumers.usage import UsageError, load_dataset, require_broker
+from recallstream.consumers.usage import CommandError, UsageError, load_dataset, require_broker
 from recallstream.streaming.events import EntityRecord
 from recallstream.streaming.impressions import ImpressionSimulator
 from recallstream.streaming.movielens import MovieLens
@@ -311,4 +311,7 @@ def run(args, settings) -> int:
     else:
         for name, value in summary.as_dict().items():
             print(f"{name:<13} {value}")
-    return 1 if summary.failed else 0
+    if summary.failed:
+        raise CommandError(f"the broker did not acknowledge {summary.failed} records; "
+                           f"the first error: {summary.first_error}")
+    return 0

@@ -7,7 +7,7 @@ settings; see :func:`recallstream.streaming.kafka_io.create_topics`.
 
 from __future__ import annotations
 
-from recallstream.consumers.usage import require_broker
+from recallstream.consumers.usage import UsageError, require_broker
 
 
 def add_parser(subparsers) -> None:
@@ -25,9 +25,8 @@ def run_create(args, settings) -> int:
     require_broker(settings)
     try:
         created = create_topics(settings)
-    except ValueError as error:
-        print(f"error: {error}")
-        return 1
+    except ValueError as error:  # exposures and clicks exist with another partition count
+        raise UsageError(str(error)) from None
     for name, spec in topic_layout(settings).items():
         state = "created" if name in created else "exists"
         print(f"{name:<24} {state:<8} partitions={spec['num_partitions']} "

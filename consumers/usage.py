@@ -1,11 +1,14 @@
-"""Checks of command-line input shared by the commands.
+"""How commands report bad input and failures: the exceptions behind the exit statuses.
 
-A command that finds bad input after parsing raises :class:`UsageError`
-(:func:`load_dataset` for a bad ``--dataset``/``--data-dir``, :func:`require_broker`
+A command that cannot do what was asked raises :class:`CommandError` (exit
+status 1) or, for bad input found after parsing, :class:`UsageError` (status 2:
+:func:`load_dataset` for a bad ``--dataset``/``--data-dir``, :func:`require_broker`
 when no Kafka broker answers); ``recallstream``'s ``main`` prints it on one line
-and exits with status 2. Counts use :func:`positive_int` as their argparse
-``type``, so argparse itself rejects them. (This module is separate from ``recallstream.consumers.cli`` so that the
-class is one and the same when the CLI runs as ``python -m recallstream.consumers.cli``.)
+on stderr and exits with the error's ``status`` (:data:`EXIT_STATUSES` lists them
+all). Counts use :func:`positive_int` as their argparse ``type``, so argparse
+itself rejects them (also status 2). (This module is separate from
+``recallstream.consumers.cli`` so that the classes are one and the same when the
+CLI runs as ``python -m recallstream.consumers.cli``.)
 """
 
 from __future__ import annotations
@@ -13,9 +16,39 @@ from __future__ import annotations
 import argparse
 
 
-class UsageError(Exception):
+# Every exit status of every command, for the README and each command's --help.
+EXIT_STATUSES = {
+    0: "success",
+    1: "the command ran and failed (the message says why)",
+    2: "bad arguments, or no Kafka broker answers within 10 s",
+    3: "worker: another worker holds the checkpoint directory",
+    4: "worker: ingestion stalled (restart it: it resumes from its checkpoint)",
+}
+
+
+def exit_status_epilog() -> str:
+    """The exit statuses as a ``--help`` epilog.
+
+    Examples
+    --------
+    >>> print(exit_status_epilog().splitlines()[2])
+      1  the command ran and failed (the message says why)
+    """
+    return "exit status:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_STATUSES.items())
+
+
+class CommandError(Exception):
+    """A command cannot do what was asked: ``recallstream.consumers.cli.main`` prints it
+    on one line on stderr, without a traceback, and exits with :attr:`status`."""
+
+    status = 1
+
+
+class UsageError(CommandError):
     """Bad input a command finds after parsing (e.g. a dataset folder without MovieLens
-    files): ``recallstream.consumers.cli.main`` prints it on one line, without a traceback, and exits 2."""
+    files, or no broker answering): printed like any :class:`CommandError`, status 2."""
+
+    status = 2
 
 
 def positive_int(text: str) -> int:

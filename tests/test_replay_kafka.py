@@ -141,8 +141,9 @@ def test_records_the_broker_rejects_are_counted_and_fail_the_command(topic_setti
     try:
         code = main(["replay", "--no-progress", "--json", "--limit", "5", "--max",
                      *settings_flags(settings)])
-        summary = orjson.loads(capsys.readouterr().out)
-        assert code == 1
+        out, err = capsys.readouterr()
+        summary = orjson.loads(out)
+        assert code == 1 and "the broker did not acknowledge" in err
         assert (summary["clicks"], summary["exposures"]) == (5, 20)
         assert summary["failed"] >= 20 and "MessageSizeTooLarge" in summary["first_error"]
         # Every record sent is either in its topic or counted as failed (the idempotent
