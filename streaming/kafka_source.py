@@ -1,0 +1,138 @@
+"""The consumed side of Kafka: assigned partitions, fetches, positions and offsets.
+
+:class:`KafkaSource` reads every partition of the given topics with manual
+assignment (never a group rebalance), from the beginning unless told where to
+resume. It keeps the *next offset to handle* of every partition, which its
+caller advances with :meth:`KafkaSource.handled` once records are handled, and
+which a checkpoint saves: committed group offsets are never read back (the
+checkpoint is the truth); :meth:`KafkaSource.commit` writes them for lag
+monitoring only.
+
+Examples
+--------
+>>> class OnePartition:  # stands in for a KafkaConsumer
+...     def partitions_for_topic(self, topic): return {0}
+...     def assign(self, partitions): self.assigned = partitions
+...     def seek_to_beginning(self, *partitions): pass
+...     def seek(self, tp, offset): pass
+>>> source = KafkaSource(["clicks"], consumer=OnePartition())
+>>> source.seek({"clicks": {"0": 7}}); source.offsets()
+{'clicks': {0: 7}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from recallstream.streaming.kafka_io import make_consumer, partitions_of
+
+# Bytes fetched per partition and request: small, so that every fetch brings a little of
+# each partition and an aligner never waits long for a lagging one (a larger record still
+# comes whole: the broker always returns at least one record batch).
+FETCH_BYTES_PER_PARTITION = 256 * 1024
+
+
+class KafkaSource:
+    """Assign, fetch, seek, track and commit offsets (see the module docstring).
+
+    Parameters
+    ----------
+    topics : iterable of str
+        Every partition of each is assigned.
+    consumer : KafkaConsumer
+        Owned by the source (:meth:`close` closes it); see :meth:`connect`.
+    """
+
+    def __init__(self, topics: Iterable[str], consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
+        self._next: dict[TopicPartition, int] = {}
+        self.partitions = [tp for topic in topics for tp in partitions_of(consumer, topic)]
+        consumer.assign(self.partitions)
+        consumer.seek_to_beginning(*self.partitions)
+
+    @classmethod
+    def connect(cls, settings, topics: Iterable[str]) -> "KafkaSource":
+        """A source on ``topics`` with a consumer of ``settings.consumer_group`` (used
+        by :meth:`commit` only, never joined)."""
+        return cls(topics, make_consumer(settings, group_id=settings.consumer_group,
+                                         max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION))
+
+    def fetch(self, timeout_s: float, max_records: int | None = None) -> dict[TopicPartition, list]:
+        """The next records of each partition (waiting up to ``timeout_s`` for some)."""
+        return self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+
+    def fetched_to_end(self, tp: TopicPartition) -> bool:
+        """True when ``tp`` is fetched up to its last known end."""
+        highwater = self._consumer.highwater(tp)
+        return highwater is not None and self._consumer.position(tp) >= highwater
+
+    def handled(self, next_offsets: Mapping[TopicPartition, int]) -> None:
+        """Records up to these offsets (exclusive) are handled."""
+        self._next.update(next_offsets)
+
+    def offsets(self) -> dict[str, dict[int, int]]:
+        """Topic to partition to the next offset to handle, for every partition handled or sought."""
+        out: dict[str, dict[int, int]] = {}
+        for tp, offset in sorted(self._next.items()):
+            out.setdefault(tp.topic, {})[tp.partition] = offset
+        return out
+
+    def seek(self, offsets: Mapping[str, Mapping[int | str, int]]) -> None:
+        """Resume from ``offsets`` (topic to partition to next offset, as :meth:`offsets`).
+
+        Partitions not named keep their position. Partition numbers may be
+        strings (as after a JSON round trip).
+        """
+        assigned = set(self.partitions)
+        for topic, partitions in offsets.items():
+            for partition, offset in partitions.items():
+                tp = TopicPartition(topic, int(partition))
+                if tp not in assigned:
+                    raise ValueError(f"{topic}[{partition}] is not one of the consumed partitions")
+                self._consumer.seek(tp, offset)
+                self._next[tp] = offset
+
+    def commit(self, offsets: Mapping[str, Mapping[int | str, int]] | None = None) -> None:
+        """Commit ``offsets`` (default: :meth:`offsets`) to the consumer group, for lag
+        monitoring only; call it after the checkpoint that holds them."""
+        offsets = self.offsets() if offsets is None else offsets
+        self._consumer.commit({
+            TopicPartition(topic, int(partition)): OffsetAndMetadata(offset, "", -1)
+            for topic, partitions in offsets.items() for partition, offset in partitions.items()})
+
+    def unstick(self) -> bool:
+        """Wake a fetch that kafka-python 3.0.12 lost track of; True if it could.
+
+        Rarely, under heavy load, ``KafkaConsumer.poll`` blocks forever: its
+        thread waits for a task of the client's I/O thread that never completes
+        (seen here in ``Fetcher.fetch_records``). Failing the client's pending
+        cross-thread waits with a timeout makes that poll return as if no record
+        had arrived; nothing is skipped, the next poll fetches from the same
+        position. This reaches into the client's internals, so it does nothing
+        if they are not there.
+        """
+        from kafka.errors import KafkaTimeoutError
+
+        fail = getattr(getattr(self._consumer, "_net", None), "_fail_pending_waiters", None)
+        if fail is None:
+            return False
+        fail(KafkaTimeoutError("woken by recallstream: the poll was stuck"))
+        return True
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def as_state(offsets: Mapping[str, Mapping[int, int]]) -> dict[str, dict[str, Any]]:
+    """``offsets`` with partition numbers as strings: JSON object keys are strings.
+
+    Examples
+    --------
+    >>> as_state({"clicks": {0: 12}})
+    {'clicks': {'0': 12}}
+    """
+    return {topic: {str(p): o for p, o in parts.items()} for topic, parts in offsets.items()}

@@ -1,0 +1,164 @@
+"""Route fetched records: invalid ones to dead letters, items and users to entity
+changes, exposures and clicks to the join.
+
+:class:`RecordRouter` is pure stream logic, with no Kafka objects: it takes
+records grouped by partition (anything with ``topic`` and ``partition``
+attributes as the group key, and records with ``topic``, ``partition``,
+``offset``, ``key`` and ``value``) and returns what they became. Within one
+call, groups are handled by kind (items, users, exposures, then clicks), so
+that catalog changes precede the clicks on them and a click usually finds its
+exposure at once. Exposures and clicks go to a
+:class:`~recallstream.streaming.joiner.ClickJoiner`, with the partition number
+as the join lane (the topics are co-partitioned).
+
+Examples
+--------
+>>> from collections import namedtuple
+>>> Partition = namedtuple("Partition", "topic partition")
+>>> Record = namedtuple("Record", "topic partition offset key value")
+>>> router = RecordRouter({"c": "clicks", "i": "items"})
+>>> routed = router.route({
+...     Partition("c", 0): [Record("c", 0, 5, b"u1", b"{oops")],
+...     Partition("i", 0): [Record("i", 0, 9, b"i1", b'{"item_id": "i1", "ts": 1, "features": {}}')]})
+>>> [(r.offset, reason) for r, reason in routed.dead_letters], routed.ingested.entities
+([(5, 'invalid_json')], [EntityRecord(kind='items', entity_id='i1', ts=1.0, features={}, extra=None)])
+>>> routed.next_offsets == {Partition("c", 0): 6, Partition("i", 0): 10}
+True
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from recallstream.streaming.decoding import Invalid, decode
+from recallstream.streaming.events import Click, EntityRecord, Exposure, Tombstone
+from recallstream.streaming.joiner import ClickJoiner, Positive
+
+# Handling order of the kinds within one call (see the module docstring).
+_KIND_ORDER = {"items": 0, "users": 1, "exposures": 2, "clicks": 3}
+
+
+@dataclass(slots=True)
+class Ingested:
+    """What a batch of records produced for the trainer.
+
+    Attributes
+    ----------
+    positives : list of Positive
+        Clicks ready for training, joined to their exposure or orphans.
+    entities : list of EntityRecord or Tombstone
+        Item and user changes, in stream order, for the feature tables.
+    records : int
+        Raw records handled (valid or not).
+
+    Examples
+    --------
+    >>> Ingested().records
+    0
+    """
+
+    positives: list[Positive] = field(default_factory=list)
+    entities: list[EntityRecord | Tombstone] = field(default_factory=list)
+    records: int = 0
+
+    def extend(self, other: "Ingested") -> None:
+        """Append ``other`` (the next records) to this result."""
+        self.positives += other.positives
+        self.entities += other.entities
+        self.records += other.records
+
+
+@dataclass(slots=True)
+class Routed:
+    """What :meth:`RecordRouter.route` made of a batch of records.
+
+    Attributes
+    ----------
+    ingested : Ingested
+    dead_letters : list of (record, reason)
+        Invalid records, each with the reason it failed to decode.
+    next_offsets : dict of partition to int
+        For each partition with records, the offset after its last one.
+    """
+
+    ingested: Ingested = field(default_factory=Ingested)
+    dead_letters: list[tuple[Any, str]] = field(default_factory=list)
+    next_offsets: dict[Hashable, int] = field(default_factory=dict)
+
+
+class RecordRouter:
+    """Decode and route records, keeping the join and the counters (see the module docstring).
+
+    Parameters
+    ----------
+    kinds : mapping of str to str
+        Topic name to record kind (``exposures``, ``clicks``, ``items``, ``users``).
+    joiner : ClickJoiner, optional
+        Default: ``ClickJoiner()``.
+    """
+
+    def __init__(self, kinds: Mapping[str, str], joiner: ClickJoiner | None = None) -> None:
+        self.kinds = dict(kinds)
+        self.joiner = joiner or ClickJoiner()
+        self._seen: Counter[str] = Counter()
+        self._dead_lettered: Counter[str] = Counter()
+
+    def route(self, batches: Mapping[Any, Iterable[Any]]) -> Routed:
+        """Handle records grouped by partition (see the module docstring)."""
+        out = Routed()
+        kinds = self.kinds
+        for tp in sorted(batches, key=lambda tp: (_KIND_ORDER[kinds[tp.topic]], tp.partition)):
+            kind = kinds[tp.topic]
+            for record in batches[tp]:
+                decoded = decode(kind, record.key, record.value)
+                if decoded.__class__ is Invalid:
+                    self._dead_lettered[decoded.reason] += 1
+                    out.dead_letters.append((record, decoded.reason))
+                else:
+                    self._apply(decoded, tp.partition, out.ingested)
+                out.ingested.records += 1
+                out.next_offsets[tp] = record.offset + 1
+        return out
+
+    def counters(self) -> dict[str, Any]:
+        """``exposures_seen``, ``clicks_seen``, ``entity_records``, ``tombstones`` (valid
+        records), ``dead_lettered`` (reason to count), ``dead_lettered_total``, and the
+        joiner's ``joined``, ``orphans``, ``duplicate_exposures``, ``duplicate_clicks``,
+        ``waiting_clicks``."""
+        joiner = self.joiner.counters
+        return {
+            "exposures_seen": self._seen["exposures"], "clicks_seen": self._seen["clicks"],
+            "entity_records": self._seen["entity_records"], "tombstones": self._seen["tombstones"],
+            "dead_lettered": dict(self._dead_lettered),
+            "dead_lettered_total": sum(self._dead_lettered.values()),
+            "joined": joiner["joined"], "orphans": joiner["orphans"],
+            "duplicate_exposures": joiner["duplicate_exposures"],
+            "duplicate_clicks": joiner["duplicate_clicks"],
+            "waiting_clicks": self.joiner.waiting_clicks(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Join state and counters, as plain JSON-able structures."""
+        return {"joiner": self.joiner.state_dict(), "seen": dict(self._seen),
+                "dead_lettered": dict(self._dead_lettered)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.joiner.load_state_dict(state["joiner"])
+        self._seen = Counter(state["seen"])
+        self._dead_lettered = Counter(state["dead_lettered"])
+
+    def _apply(self, event: Exposure | Click | EntityRecord | Tombstone, partition: int,
+               out: Ingested) -> None:
+        cls = event.__class__
+        if cls is Exposure:
+            self._seen["exposures"] += 1
+            out.positives.extend(self.joiner.add_exposure(event, lane=partition))
+        elif cls is Click:
+            self._seen["clicks"] += 1
+            out.positives.extend(self.joiner.add_click(event, lane=partition))
+        else:
+            self._seen["entity_records" if cls is EntityRecord else "tombstones"] += 1
+            out.entities.append(event)
