@@ -1,4 +1,4 @@
-"""StreamIngestor and `recallstream inspect` on a real broker (fixtures in conftest.py).
+"""StreamIngestor (with the feature tables it feeds) and `recallstream inspect` on a real broker (fixtures in conftest.py).
 
 Events are produced by a plain kafka-python producer, as any application would.
 """
@@ -14,6 +14,7 @@ from kafka import KafkaProducer
 
 from recallstream.consumers import cli
 from recallstream.streaming.dead_letters import parse_dead_letter, raw_key, raw_value
+from recallstream.streaming.entity_tables import EntityTables
 from recallstream.streaming.events import Click, EntityRecord, Exposure, Tombstone
 from recallstream.streaming.ingest import StreamIngestor
 from recallstream.streaming.kafka_io import end_offsets, read_topic
@@ -97,8 +98,10 @@ def test_events_are_consumed_validated_joined_and_tables_updated(topic_settings)
         (s.topic_users, b"u1", EntityRecord("users", "u1", 1.0, {"age": 30}).to_json()),
     ] + event_records(s, impressions=30))
     ingestor = StreamIngestor(s)
+    tables = EntityTables()  # the ingestor reports entity changes; its user applies them
     try:
         positives, entities = drain(ingestor, s)
+        tables.apply(entities)
         counters = ingestor.counters()
     finally:
         ingestor.close()
@@ -107,8 +110,8 @@ def test_events_are_consumed_validated_joined_and_tables_updated(topic_settings)
         == sorted((f"c{n}", f"e{n}-1", 1) for n in range(30))
     assert (counters["exposures_seen"], counters["clicks_seen"], counters["joined"],
             counters["orphans"], counters["dead_lettered_total"]) == (90, 30, 30, 0, 0)
-    assert ingestor.items == {"i1": {"genres": ["Drama"]}}
-    assert ingestor.users == {"u1": {"age": 30}}
+    assert tables.items == {"i1": {"genres": ["Drama"]}}
+    assert tables.users == {"u1": {"age": 30}}
     assert Tombstone("items", "i2") in entities and len(entities) == 4
     assert dead_letters(s) == []
 
@@ -177,16 +180,22 @@ def test_restart_from_saved_offsets_loses_nothing_and_duplicates_nothing(topic_s
                 EntityRecord("items", f"i{n}", 1.0, {"n": n}).to_json()) for n in range(10)])
 
     # Stop every 25 records and start a new ingestor from the saved state, until the end.
+    # The tables are saved beside the ingestor's state, as the worker's checkpoint does.
     positives, state, runs = [], None, 0
     while True:
         ingestor = StreamIngestor(s)
+        tables = EntityTables()
         try:
             if state is not None:
-                ingestor.load_state_dict(state)
-            positives += drain(ingestor, s, max_records=7, stop_after=25)[0]
-            state = orjson.loads(orjson.dumps(ingestor.state_dict()))  # as a checkpoint stores it
+                ingestor.load_state_dict(state["ingest"])
+                tables.load_state_dict(state["entities"])
+            drained, entities = drain(ingestor, s, max_records=7, stop_after=25)
+            positives += drained
+            tables.apply(entities)
+            state = orjson.loads(orjson.dumps({"ingest": ingestor.state_dict(),  # as a checkpoint
+                                               "entities": tables.state_dict()}))
             finished = at_end(ingestor, event_ends(s))
-            counters, offsets, items = ingestor.counters(), ingestor.offsets(), dict(ingestor.items)
+            counters, offsets, items = ingestor.counters(), ingestor.offsets(), dict(tables.items)
         finally:
             ingestor.close()
         runs += 1

@@ -1,4 +1,5 @@
-"""OnlineLearner: learns from a stream of minibatches, restores exactly, scores prequentially."""
+"""OnlineLearner: learns from a stream of minibatches, restores exactly (popularity estimate
+included), and its prequential recall rises as it follows the stream."""
 
 import copy
 import random
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from recallstream.model.online import ItemVectors, OnlineLearner
+from recallstream.model.online import OnlineLearner
+from recallstream.model.prequential import PrequentialMonitor
 from recallstream.model.towers import movielens_config
 
 
@@ -32,12 +34,11 @@ ITEMS = {f"i{n}": {"title": f"movie {n}", "genres": [f"g{n // 10}"]} for n in ra
 
 def test_prequential_hits_rise_as_the_learner_follows_the_stream():
     learner = small_learner()
-    learner.embed_items(list(ITEMS), ITEMS)
+    monitor = PrequentialMonitor(k=10)
     rates = []
     for users, items in clustered_stream(random.Random(1), batches=60):
-        rates.append(learner.hits_at_k(users, items, k=10, users={}).mean())
-        learner.train_batch(users, items, np.log(np.full(len(items), 0.1)), {}, ITEMS)
-        learner.embed_items(list(ITEMS), ITEMS)
+        rates.append(monitor.score(learner, users, items, users={}, items=ITEMS).mean())
+        learner.train_batch(users, items, {}, ITEMS)
     # k=10 of 40 items: random is 0.25; the group structure is learnable
     assert np.mean(rates[:5]) < 0.45
     assert np.mean(rates[-10:]) > 0.8
@@ -45,20 +46,21 @@ def test_prequential_hits_rise_as_the_learner_follows_the_stream():
 
 def test_restored_learner_continues_bit_for_bit():
     stream = list(clustered_stream(random.Random(2), batches=8))
-    log_q = np.log(np.full(64, 0.1))
     first = small_learner()
     for users, items in stream[:5]:
-        first.train_batch(users, items, log_q, {}, ITEMS)
+        first.train_batch(users, items, {}, ITEMS)
     second = small_learner(seed=99)  # different initial weights, overwritten by the state
     # deepcopy: in one process, torch's Optimizer.load_state_dict would otherwise share the
     # moment tensors with `first` (a checkpoint goes through bytes, so the worker never shares)
     second.load_state_dict(copy.deepcopy(first.state_dict()))
     for users, items in stream[5:]:
-        assert first.train_batch(users, items, log_q, {}, ITEMS) == \
-            second.train_batch(users, items, log_q, {}, ITEMS)
+        assert first.train_batch(users, items, {}, ITEMS) == \
+            second.train_batch(users, items, {}, ITEMS)
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert first.histories == second.histories
+    np.testing.assert_array_equal(first.estimator.probability(list(ITEMS)),
+                                  second.estimator.probability(list(ITEMS)))
 
 
 def test_state_of_other_towers_is_refused():
@@ -70,38 +72,5 @@ def test_state_of_other_towers_is_refused():
 
 def test_history_holds_the_latest_clicks_before_the_batch():
     learner = small_learner()
-    learner.train_batch(["u"] * 12, [f"i{n}" for n in range(12)], np.zeros(12), {}, ITEMS)
+    learner.train_batch(["u"] * 12, [f"i{n}" for n in range(12)], {}, ITEMS)
     assert list(learner.histories["u"]) == [f"i{n}" for n in range(2, 12)]  # length 10
-
-
-def reference_in_top_k(scores_matrix, ids, user_vectors, targets, k, exclude):
-    """Straightforward: sort every candidate for each user."""
-    out = []
-    for vector, target, excluded in zip(user_vectors, targets, exclude):
-        if target not in ids:
-            out.append(False)
-            continue
-        candidates = [(float(vector @ scores_matrix[ids.index(i)]), i) for i in ids
-                      if i == target or i not in excluded]
-        target_score = float(vector @ scores_matrix[ids.index(target)])
-        better = sum(1 for score, _ in candidates if score > target_score)
-        out.append(better < k)
-    return out
-
-
-def test_item_vectors_top_k_matches_a_plain_ranking():
-    rng = np.random.default_rng(3)
-    cache = ItemVectors(dim=4)
-    ids = [f"i{n}" for n in range(50)]
-    vectors = rng.normal(size=(50, 4)).astype(np.float32)
-    cache.put(ids, vectors)
-    cache.remove(ids[40:])  # retired items are not candidates
-    cache.put(["i1", "new"], rng.normal(size=(2, 4)).astype(np.float32))  # update + reuse a row
-    live = ids[:40] + ["new"]
-    matrix = np.stack([cache._matrix[cache._row[i]] for i in live])
-    users = rng.normal(size=(30, 4)).astype(np.float32)
-    targets = [random.Random(n).choice(live + ["i45"]) for n in range(30)]
-    exclude = [random.Random(100 + n).sample(live, 5) for n in range(30)]
-    got = cache.in_top_k(users, targets, k=7, exclude=exclude).tolist()
-    assert got == reference_in_top_k(matrix, live, users, targets, 7, exclude)
-    assert any(got) and not all(got)

@@ -153,18 +153,28 @@ def test_sigkilled_worker_resumes_to_the_same_model_as_an_uninterrupted_run(stre
         assert torch.equal(calm_state[name], crashed_state[name]), name
 
 
+def owned_by(lock_file, pid: int) -> bool:
+    try:
+        return lock_file.read_text().strip() == str(pid)
+    except FileNotFoundError:
+        return False
+
+
 def test_second_worker_on_the_same_model_refuses(stream, tmp_path):
     settings = with_checkpoints(stream, tmp_path / "owned")
     first = subprocess.Popen(worker_command(settings), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
     try:
+        # the owner writes its pid into the lock file once it holds the lock
+        lock_file = tmp_path / "owned" / "LOCK"
         deadline = time.monotonic() + 60
-        while not (tmp_path / "owned" / "LOCK").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.0)
+        while not owned_by(lock_file, first.pid) and first.poll() is None:
+            assert time.monotonic() < deadline, "the first worker never took the lock"
+            time.sleep(0.05)
+        assert first.poll() is None, "the first worker ended before the second could start"
         second = subprocess.run(worker_command(settings), capture_output=True, timeout=120)
         assert second.returncode == 3
-        assert b"owned by" in second.stdout
+        assert b"owned by" in second.stderr and second.stdout == b""
     finally:
         first.wait(timeout=600)
     assert first.returncode == 0

@@ -1,15 +1,13 @@
 """The worker's progress line (pure formatting, no Kafka): no loss is shown before the first
 trained batch instead of ``nan``."""
 
-import types
-
-from recallstream.consumers.worker import Worker
+from recallstream.consumers.worker import print_progress
 
 
 def progress_line(capsys, **report):
     fields = {"clicks_trained": 0, "batches": 0, "exposures_seen": 0, "dead_lettered": 0,
               "last_loss": float("nan"), **report}
-    Worker._print_progress(types.SimpleNamespace(report=lambda: fields))
+    print_progress(fields)
     return capsys.readouterr().err
 
 

@@ -14,7 +14,8 @@ Each run measures, side by side on the same machine load:
   ``pipeline_events_per_s`` counts every record consumed (exposures, clicks,
   catalog and profile records); ``pipeline_clicks_per_s`` the clicks trained.
 - **bare step**: the same model (``OnlineLearner``) with the same batch size,
-  fed the same clicks from memory: only ``train_batch``.
+  fed the same clicks from memory: only ``train_batch`` (its popularity
+  estimate and one optimizer step).
 
 ``ratio`` = ``pipeline_clicks_per_s / bare_step_samples_per_s``: the share of
 the model's own training speed that survives the stream around it. Figures
@@ -78,23 +79,16 @@ def _pipeline_run(settings) -> tuple[float, float]:
 
 
 def _bare_step_rate(settings, dataset, plan) -> float:
-    import numpy as np
-
-    from recallstream.consumers.worker import make_estimator, set_training_threads
+    from recallstream.consumers.thread_policy import set_training_threads
     from recallstream.model.online import OnlineLearner
 
     set_training_threads()  # the worker's setting: same model, same threads
     learner = OnlineLearner(seed=settings.seed)
-    estimator = make_estimator(settings.seed)
     ratings = dataset.ratings[plan.order()]
     users, items = ratings["user_id"].tolist(), ratings["item_id"].tolist()
     size = settings.batch_size
     batches = [(users[i:i + size], items[i:i + size]) for i in range(0, len(users) - size + 1, size)]
-    log_qs = []
-    for _, item_ids in batches:  # the estimate is not part of the bare step
-        estimator.update(item_ids)
-        log_qs.append(np.log(estimator.probability(item_ids)))
     started = time.perf_counter()
-    for (user_ids, item_ids), log_q in zip(batches, log_qs):
-        learner.train_batch(user_ids, item_ids, log_q, dataset.users, dataset.items)
+    for user_ids, item_ids in batches:
+        learner.train_batch(user_ids, item_ids, dataset.users, dataset.items)
     return len(batches) * size / (time.perf_counter() - started)

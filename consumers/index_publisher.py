@@ -1,0 +1,124 @@
+"""What the worker writes to Qdrant, and when.
+
+:class:`IndexPublisher` decides the worker's write policy and payload schema,
+and hands the vectors to :class:`~recallstream.model.index_sync.IndexSync`
+(the background writer). Qdrant holds derived data only, recomputable from the
+model, so nothing here affects training or its evaluation.
+
+- **Items** go to the items collection, point id uuid5 of the item id, with
+  the payload ``model_version`` (batches trained), ``updated_at`` (wall time),
+  ``last_click_ts`` (event time of the newest click on the item trained so
+  far, so a reader sees how fresh the vector is) and ``categories``; written
+  for the clicked items of each batch, for every new catalog item as soon as its
+  record arrives (its content features make it retrievable before its first
+  click), for the whole catalog every ``reembed_every_batches`` batches (the
+  dense layers move every item) and at start-up; retired items are deleted.
+- **Users** of each batch go to the users collection, so that recall needs
+  only a user id.
+
+Examples
+--------
+>>> from recallstream.model.online import OnlineLearner
+>>> from recallstream.model.towers import movielens_config
+>>> from recallstream.model.vector_index import VectorIndex
+>>> from recallstream.streaming.entity_tables import EntityTables
+>>> from recallstream.streaming.events import EntityRecord
+>>> learner = OnlineLearner(movielens_config(id_buckets=64, output_dim=4, hidden=(8,)), seed=0)
+>>> tables = EntityTables()
+>>> changes = tables.apply([EntityRecord("items", "i1", 1.0, {"genres": ["Drama"]})])
+>>> index = VectorIndex.connect(":memory:")
+>>> publisher = IndexPublisher(IndexSync(index, items="items", users="users", dim=4),
+...                            learner, tables, reembed_every_batches=20)
+>>> publisher.catalog_changed(changes, version=0)
+>>> publisher.after_batch([("u1", "i1", 1700000000.0)], version=1)
+>>> publisher.drain()
+>>> index.count("items"), index.count("users")
+(1, 1)
+>>> publisher.close(); index.close()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from recallstream.model.index_sync import IndexSync
+from recallstream.streaming.entity_tables import CatalogChanges, EntityTables
+
+
+class IndexPublisher:
+    """The item and user vectors the worker publishes (see the module docstring).
+
+    Parameters
+    ----------
+    sync : IndexSync
+        Owned by the publisher (:meth:`close` closes it).
+    learner : OnlineLearner
+        Embeds items and users (``embed_items``, ``embed_users``).
+    tables : EntityTables
+        The feature tables; the items table is the catalog.
+    reembed_every_batches : int
+        Publish the whole catalog after every this many batches.
+    """
+
+    def __init__(self, sync: IndexSync, learner, tables: EntityTables,
+                 reembed_every_batches: int) -> None:
+        self.sync = sync
+        self.learner = learner
+        self.tables = tables
+        self.reembed_every_batches = reembed_every_batches
+        self.item_last_click: dict[str, float] = {}  # item -> event time of its newest trained click
+
+    def publish_catalog(self, version: int) -> None:
+        """Every catalog item, embedded by the current model."""
+        self._put_items(sorted(self.tables.items), version)
+
+    def catalog_changed(self, changes: CatalogChanges, version: int) -> None:
+        """New items become retrievable at once; retired ones disappear."""
+        self._put_items(changes.added_items, version)
+        if changes.retired_items:
+            self.sync.delete_items(changes.retired_items)
+
+    def after_batch(self, clicks: Sequence[tuple[str, str, float]], version: int) -> None:
+        """After the model trained on ``clicks`` (user id, item id, event time) and
+        became ``version``: their items (or the whole catalog, when due) and users."""
+        for _, item_id, ts in clicks:
+            if ts > self.item_last_click.get(item_id, float("-inf")):
+                self.item_last_click[item_id] = ts
+        if version % self.reembed_every_batches == 0:
+            self.publish_catalog(version)
+        else:
+            self._put_items(sorted({item_id for _, item_id, _ in clicks}), version)
+        users = sorted({user_id for user_id, _, _ in clicks})
+        self.sync.put_users(users, self.learner.embed_users(users, self.tables.users))
+
+    def pending(self) -> int:
+        """Vectors and deletions not yet written."""
+        return self.sync.pending()
+
+    def drain(self) -> None:
+        """Wait until everything published so far is in Qdrant (before a checkpoint, so
+        offsets are never committed past vectors that did not arrive)."""
+        self.sync.drain()
+
+    def close(self) -> None:
+        self.sync.close()
+
+    def state_dict(self) -> dict:
+        return {"item_last_click": dict(self.item_last_click)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.item_last_click = dict(state["item_last_click"])
+
+    def _put_items(self, item_ids: Sequence[str], version: int) -> None:
+        catalog = self.tables.items
+        known = [item_id for item_id in item_ids if item_id in catalog]
+        if not known:
+            return
+        vectors = self.learner.embed_items(known, catalog)
+        now = time.time()
+        payloads = [{"model_version": version, "updated_at": now,
+                     "last_click_ts": self.item_last_click.get(item_id),
+                     "categories": list(catalog[item_id].get("genres") or [])}
+                    for item_id in known]
+        self.sync.put_items(known, vectors, payloads)

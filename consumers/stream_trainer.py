@@ -1,0 +1,126 @@
+"""The trainer side of the worker: ingested records in, model updates and vectors out.
+
+:class:`StreamTrainer` takes each poll's result in stream order: it applies the
+entity changes to the one pair of feature tables first, then adds the clicks
+to the minibatcher. Each full (or timed-out) minibatch is
+
+1. scored before training (:class:`~recallstream.model.prequential.PrequentialMonitor`),
+2. trained on in one step (:meth:`~recallstream.model.online.OnlineLearner.train_batch`,
+   which also updates the popularity estimate of its logQ correction),
+3. published (:class:`~recallstream.consumers.index_publisher.IndexPublisher`)
+   and reported to the metrics.
+
+``counters["batches"]`` is the model version (the Qdrant payload's ``model_version``).
+
+Examples
+--------
+>>> from recallstream.consumers.index_publisher import IndexPublisher
+>>> from recallstream.model.index_sync import IndexSync
+>>> from recallstream.model.online import OnlineLearner
+>>> from recallstream.model.prequential import PrequentialMonitor
+>>> from recallstream.model.towers import movielens_config
+>>> from recallstream.model.vector_index import VectorIndex
+>>> from recallstream.streaming.entity_tables import EntityTables
+>>> from recallstream.streaming.events import Click, EntityRecord
+>>> from recallstream.streaming.joiner import Positive
+>>> from recallstream.streaming.minibatch import Minibatcher
+>>> from recallstream.streaming.record_router import Ingested
+>>> learner = OnlineLearner(movielens_config(id_buckets=64, output_dim=4, hidden=(8,)), seed=0)
+>>> tables, index = EntityTables(), VectorIndex.connect(":memory:")
+>>> sync = IndexSync(index, items="items", users="users", dim=4)
+>>> trainer = StreamTrainer(learner, tables, PrequentialMonitor(k=1), Minibatcher(2, 60.0),
+...                         IndexPublisher(sync, learner, tables, reembed_every_batches=5))
+>>> clicks = [Positive(Click(f"c{n}", 10.0 + n, "u1", "i1", "m"), None) for n in range(3)]
+>>> trainer.consume(Ingested(clicks, [EntityRecord("items", "i1", 1.0, {})], records=4))
+>>> trainer.counters, trainer.batcher.pending()
+({'clicks_trained': 2, 'batches': 1}, [('u1', 'i1', 12.0)])
+>>> trainer.flush(), trainer.counters["clicks_trained"]
+(True, 3)
+>>> trainer.publisher.close(); index.close()
+"""
+
+from __future__ import annotations
+
+import time
+
+from recallstream.consumers import metrics
+from recallstream.consumers.index_publisher import IndexPublisher
+from recallstream.model.prequential import PrequentialMonitor
+from recallstream.streaming.entity_tables import EntityTables
+from recallstream.streaming.minibatch import Minibatcher
+from recallstream.streaming.record_router import Ingested
+
+
+class StreamTrainer:
+    """Applies ingested records to the tables and the model (see the module docstring).
+
+    Parameters
+    ----------
+    learner : OnlineLearner
+    tables : EntityTables
+    monitor : PrequentialMonitor
+    batcher : Minibatcher of (user id, item id, event time)
+    publisher : IndexPublisher
+
+    Attributes
+    ----------
+    counters : dict
+        ``clicks_trained`` and ``batches`` (the model version).
+    last_loss : float
+        Loss of the latest step (nan before the first).
+    timing : dict
+        Wall-clock marks for benchmarks: ``last_batch`` (monotonic time of the
+        latest step) and ``records`` (raw records consumed).
+    """
+
+    def __init__(self, learner, tables: EntityTables, monitor: PrequentialMonitor,
+                 batcher: Minibatcher, publisher: IndexPublisher) -> None:
+        self.learner = learner
+        self.tables = tables
+        self.monitor = monitor
+        self.batcher = batcher
+        self.publisher = publisher
+        self.counters = {"clicks_trained": 0, "batches": 0}
+        self.last_loss = float("nan")
+        self.timing = {"last_batch": None, "records": 0}
+
+    def consume(self, ingested: Ingested) -> None:
+        """Apply one poll's result: catalog changes first, then its clicks (in order)."""
+        self.timing["records"] += ingested.records
+        if ingested.entities:
+            changes = self.tables.apply(ingested.entities)
+            self.publisher.catalog_changed(changes, self.counters["batches"])
+        for batch in self.batcher.add_many(
+                (p.click.user_id, p.click.item_id, p.click.ts) for p in ingested.positives):
+            self.train(batch)
+
+    def train_due(self) -> bool:
+        """Train the partial minibatch if its timeout has passed; True if it did."""
+        due = self.batcher.poll()
+        if due:
+            self.train(due)
+        return bool(due)
+
+    def flush(self) -> bool:
+        """Train the partial minibatch now, whatever its size; True if there was one."""
+        rest = self.batcher.flush()
+        if rest:
+            self.train(rest)
+        return bool(rest)
+
+    def train(self, batch: list[tuple[str, str, float]]) -> None:
+        """Score, train on and publish one minibatch of (user id, item id, event time)."""
+        user_ids = [click[0] for click in batch]
+        item_ids = [click[1] for click in batch]
+        users, items = self.tables.users, self.tables.items
+        self.monitor.score(self.learner, user_ids, item_ids, users, items)
+        started = time.perf_counter()
+        self.last_loss = self.learner.train_batch(user_ids, item_ids, users, items)
+        step_seconds = time.perf_counter() - started
+        self.counters["clicks_trained"] += len(batch)
+        self.counters["batches"] += 1
+        self.timing["last_batch"] = time.monotonic()
+        self.publisher.after_batch(batch, version=self.counters["batches"])
+        metrics.observe_batch(len(batch), step_seconds, self.last_loss,
+                              self.monitor.rolling_recall(), max(click[2] for click in batch),
+                              self.publisher.pending())

@@ -1,0 +1,72 @@
+"""The vectors of a whole catalog at one model version, for exact top-k scoring.
+
+Prequential scoring asks, for each click, whether the clicked item is among
+the user's ``k`` best items of the catalog. :class:`CatalogVectors` answers it
+exactly, with one matrix product per batch of users, leaving out each user's
+excluded items (as a serving filter would drop what the user already has).
+
+Examples
+--------
+>>> import numpy as np
+>>> catalog = CatalogVectors(["a", "b", "c"], np.array([[1.0, 0.0], [0.7, 0.7], [0.0, 1.0]]))
+>>> catalog.in_top_k(np.array([[1.0, 0.1], [1.0, 0.1]]), ["b", "b"], k=1, exclude=[[], ["a"]]).tolist()
+[False, True]
+>>> catalog.in_top_k(np.array([[1.0, 0.1]]), ["unknown"], k=3, exclude=[[]]).tolist()
+[False]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+class CatalogVectors:
+    """Item ids and their vectors ``[N, dim]`` (see the module docstring).
+
+    Parameters
+    ----------
+    item_ids : sequence of str
+        Distinct ids, one per row of ``vectors``.
+    vectors : ndarray
+    """
+
+    def __init__(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        self.item_ids = list(item_ids)
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        self._row = {item_id: row for row, item_id in enumerate(self.item_ids)}
+
+    @classmethod
+    def embed(cls, learner, items: Mapping[str, Mapping]) -> "CatalogVectors":
+        """Every item of ``items`` embedded by ``learner``'s current model (anything with
+        ``embed_items(ids, items)`` and ``dim``)."""
+        item_ids = list(items)
+        if not item_ids:
+            return cls([], np.zeros((0, learner.dim), dtype=np.float32))
+        return cls(item_ids, learner.embed_items(item_ids, items))
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def in_top_k(self, user_vectors: np.ndarray, item_ids: Sequence[str], k: int,
+                 exclude: Sequence[Sequence[str]]) -> np.ndarray:
+        """Row i: is ``item_ids[i]`` among the ``k`` best items for ``user_vectors[i]``?
+
+        The items of ``exclude[i]`` (other than the target) are not candidates;
+        a target not in the catalog is a miss.
+        """
+        targets = np.array([self._row.get(item_id, -1) for item_id in item_ids], dtype=np.int64)
+        known = targets >= 0
+        if not known.any():
+            return known
+        scores = np.asarray(user_vectors, dtype=np.float32) @ self.vectors.T
+        rows = np.arange(len(targets))
+        target_scores = scores[rows, np.maximum(targets, 0)]
+        excluded = [(i, self._row[e]) for i, items in enumerate(exclude) for e in items if e in self._row]
+        if excluded:
+            at = np.array(excluded, dtype=np.int64)
+            scores[at[:, 0], at[:, 1]] = -np.inf
+        # rank of the target = how many candidates score strictly higher
+        better = (scores > target_scores[:, None]).sum(axis=1)
+        return known & (better < k)
