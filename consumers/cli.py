@@ -24,7 +24,7 @@ COMMAND_MODULES = [
     "recallstream.consumers.topics",
     "recallstream.consumers.replay",
     "recallstream.consumers.inspect_topic",
-    "recallstream.consumers.worker",
+    "recallstream.consumers.worker_cmd",
     "recallstream.consumers.checkpoint_cmd",
     "recallstream.consumers.demo",
     "recallstream.consumers.train",

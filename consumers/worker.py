@@ -32,8 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recallstream.consumers import metrics
-from recallstream.consumers.thread_policy import set_training_threads, stop_on_signals
-from recallstream.consumers.usage import CommandError, positive_int, require_broker
+from recallstream.consumers.thread_policy import set_training_threads
 from recallstream.streaming.settings import Settings
 
 log = logging.getLogger("recallstream.worker")
@@ -41,17 +40,6 @@ log = logging.getLogger("recallstream.worker")
 RECALL_K = 50
 ROLLING_CLICKS = 5000  # window of the rolling prequential recall
 
-
-class ModelOwned(CommandError):
-    """Another worker holds the checkpoint directory (exit status 3)."""
-
-    status = 3
-
-
-class IngestionStalled(CommandError):
-    """A Kafka poll never returned (exit status 4): restart, the checkpoint resumes it."""
-
-    status = 4
 
 
 @dataclass
@@ -217,43 +205,3 @@ def print_progress(report: dict[str, Any]) -> None:
                      f"{report['batches']:>5} batches  {report['exposures_seen']:>8} exposures  "
                      f"{report['dead_lettered']} dead letters  loss {loss}")
     sys.stderr.flush()
-
-
-# -- CLI ------------------------------------------------------------------------------
-
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "worker", parents=[subparsers.settings_parent],
-        help="consume events, train the towers incrementally, keep Qdrant fresh")
-    parser.add_argument("--exit-when-idle", type=float, default=None, metavar="S",
-                        help="stop after S seconds with nothing to read (default: run forever)")
-    parser.add_argument("--max-batches", type=positive_int, default=None,
-                        help="stop after this many batches")
-    parser.add_argument("--lock-timeout", type=float, default=0.0, metavar="S",
-                        help="wait up to S seconds for another worker to release the model")
-    parser.add_argument("--progress", action="store_true", help="print progress to stderr")
-    parser.add_argument("--json", action="store_true", help="print the final counters as JSON")
-    parser.set_defaults(func=run)
-
-
-def run(args, settings: Settings) -> int:
-    """The command: 0 when done; without a broker (status 2), with the model owned by
-    another worker (3) or with stalled ingestion (4), a :class:`CommandError`."""
-    from recallstream.consumers.cli import print_report
-    from recallstream.model.checkpoint import CheckpointLocked
-    from recallstream.streaming.prefetch import StalledIngestion
-
-    require_broker(settings)
-    worker = Worker(settings, WorkerOptions(exit_when_idle_s=args.exit_when_idle,
-                                            max_batches=args.max_batches,
-                                            lock_timeout_s=args.lock_timeout,
-                                            progress=args.progress))
-    stop_on_signals(worker.stop)
-    try:
-        report = worker.run()
-    except CheckpointLocked as error:
-        raise ModelOwned(str(error)) from error
-    except StalledIngestion as error:
-        raise IngestionStalled(f"{error}; restart it: it resumes from its last checkpoint") from error
-    print_report(report, args.json)
-    return 0

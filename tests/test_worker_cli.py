@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import recallstream.consumers.worker as worker_module
+import recallstream.consumers.worker_cmd as worker_module
 from recallstream.consumers.cli import main
 from recallstream.model.checkpoint import CheckpointLocked
 from recallstream.streaming.prefetch import StalledIngestion
