@@ -7,10 +7,12 @@ the future, on the stream itself, without a held-out set.
 the whole known catalog, computed from the learner's current model (so the
 figure does not depend on what was written to the vector index, or when), and
 scores the same clicks against :class:`MostPopularSoFar`, the items clicked
-most so far, so the model's recall@K has something to be compared with. Both
-leave out the items the user clicked before, as the learner keeps them (its
-recent history), as a serving filter would. The worker drives it; an offline
-replay of a stream can drive it the same way.
+most so far (counted after every click), so the model's recall@K has
+something to be compared with. Both leave out every item the user clicked
+before (:class:`ClickedBefore`), as a serving filter would, and the user tower
+sees the user's history as it stands just before each click (earlier clicks
+of the same batch included, the click itself never). The worker drives it;
+the stream evaluation (:mod:`recallstream.model.stream_eval`) drives it the same way.
 
 Examples
 --------
@@ -22,7 +24,7 @@ Examples
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -33,36 +35,116 @@ from recallstream.model.catalog_vectors import CatalogVectors
 class MostPopularSoFar:
     """Ranks items by the clicks seen so far (ties: first clicked first).
 
-    ``hits_at_k`` leaves out each row's excluded items (the user's recent
-    history), as the model's prequential scoring does.
+    ``hits_at_k`` leaves out each row's excluded items (what the user clicked
+    before), as the model's prequential scoring does; ``hits_then_count`` scores
+    clicks one at a time, each against the counts of every click before it.
+
+    Examples
+    --------
+    >>> baseline = MostPopularSoFar()
+    >>> baseline.hits_then_count(["a", "a", "b", "a"], k=1, exclude=[[], [], [], ["b"]]).tolist()
+    [False, True, False, True]
+    >>> baseline.counts
+    {'a': 3, 'b': 1}
     """
 
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self._slot: dict[str, int] = {}  # item -> order of its first click
+        self._counts = np.zeros(16, dtype=np.int64)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Clicks per item, in the order of their first click."""
+        return {item: int(self._counts[slot]) for item, slot in self._slot.items()}
 
     def update(self, item_ids: Iterable[str]) -> None:
         """Count clicks (call after scoring them)."""
-        self.counts.update(item_ids)
+        for item_id in item_ids:
+            slot = self._slot_of(item_id)  # may grow the array: index it afterwards
+            self._counts[slot] += 1
 
     def hits_at_k(self, item_ids: Sequence[str], k: int,
                   exclude: Sequence[Sequence[str]]) -> np.ndarray:
         """Row i: is ``item_ids[i]`` among the top ``k`` items not in ``exclude[i]``?"""
-        longest = max((len(e) for e in exclude), default=0)
-        rank = {item: r for r, (item, _) in enumerate(self.counts.most_common(k + longest))}
+        return np.array([self._hit(item_id, k, excluded)
+                         for item_id, excluded in zip(item_ids, exclude)], dtype=bool)
+
+    def hits_then_count(self, item_ids: Sequence[str], k: int,
+                        exclude: Sequence[Sequence[str]]) -> np.ndarray:
+        """Score each click, then count it, in order (counts updated after every click)."""
         hits = np.zeros(len(item_ids), dtype=bool)
         for i, (item_id, excluded) in enumerate(zip(item_ids, exclude)):
-            target = rank.get(item_id)
-            if target is None:
-                continue
-            ahead = sum(1 for e in set(excluded) if e != item_id and rank.get(e, target) < target)
-            hits[i] = target - ahead < k
+            hits[i] = self._hit(item_id, k, excluded)
+            self.update((item_id,))
         return hits
 
+    def _hit(self, item_id: str, k: int, excluded: Sequence[str]) -> bool:
+        slot = self._slot.get(item_id)
+        if slot is None or self._counts[slot] == 0:
+            return False
+        counts = self._counts[:len(self._slot)]
+        count = counts[slot]
+        ahead = int(np.count_nonzero(counts > count)) + int(np.count_nonzero(counts[:slot] == count))
+        if ahead < k:
+            return True  # leaving items out can only move the target up
+        for other in set(excluded):
+            s = self._slot.get(other)
+            if s is not None and s != slot and (counts[s] > count or (counts[s] == count and s < slot)):
+                ahead -= 1
+        return ahead < k
+
+    def _slot_of(self, item_id: str) -> int:
+        slot = self._slot.get(item_id)
+        if slot is None:
+            slot = self._slot[item_id] = len(self._slot)
+            if slot == len(self._counts):
+                self._counts = np.concatenate([self._counts, np.zeros_like(self._counts)])
+        return slot
+
     def state_dict(self) -> dict:
-        return {"counts": dict(self.counts)}
+        return {"counts": self.counts}
 
     def load_state_dict(self, state: Mapping) -> None:
-        self.counts = Counter(state["counts"])
+        self.__init__()
+        for item_id, count in state["counts"].items():  # first-click order kept
+            slot = self._slot_of(item_id)
+            self._counts[slot] = int(count)
+
+
+class ClickedBefore:
+    """Every item each user clicked, to leave out of that user's recall set.
+
+    Examples
+    --------
+    >>> seen = ClickedBefore()
+    >>> seen.prefixes(["u", "v", "u"], ["a", "b", "c"])  # what each click must not be ranked against
+    [[], [], ['a']]
+    >>> seen.add(["u", "v", "u"], ["a", "b", "c"]); sorted(seen.items["u"])
+    ['a', 'c']
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[str, set[str]] = {}
+
+    def prefixes(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> list[list[str]]:
+        """Row i: the items user i clicked before click i (earlier rows included)."""
+        pending: dict[str, list[str]] = {}
+        out = []
+        for user_id, item_id in zip(user_ids, item_ids):
+            earlier = pending.setdefault(user_id, [])
+            out.append([*self.items.get(user_id, ()), *earlier])
+            earlier.append(item_id)
+        return out
+
+    def add(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> None:
+        for user_id, item_id in zip(user_ids, item_ids):
+            self.items.setdefault(user_id, set()).add(item_id)
+
+    def state_dict(self) -> dict:
+        return {"items": {user: sorted(items) for user, items in self.items.items()}}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.items = {user: set(items) for user, items in state["items"].items()}
 
 
 class HitRate:
@@ -113,24 +195,24 @@ class PrequentialMonitor:
 
     Examples
     --------
-    >>> from recallstream.model.online import OnlineLearner
-    >>> from recallstream.model.towers import movielens_config
-    >>> learner = OnlineLearner(movielens_config(id_buckets=64, output_dim=4, hidden=(8,)), seed=0)
+    >>> from recallstream.model.online import OnlineLearner, stream_tower_config
+    >>> learner = OnlineLearner(stream_tower_config(id_buckets=64, dim=4), seed=0)
     >>> items = {"a": {}, "b": {}}
     >>> monitor = PrequentialMonitor(k=1, window=10)
-    >>> loss = learner.train_batch(["u1"], ["a"], users={}, items=items)
-    >>> monitor.score(learner, ["u1"], ["b"], users={}, items=items).tolist()  # a: clicked before
-    [True]
-    >>> report = monitor.report()  # the baseline had counted no click yet
-    >>> report["prequential_recall@1"], report["popularity_prequential_recall@1"]
-    (1.0, 0.0)
+    >>> monitor.observe(["u2"], ["a"])  # u2 clicked a, unscored (a train-only start)
+    >>> model, popular = monitor.score_with_baseline(learner, ["u1", "u1"], ["b", "a"], {}, items)
+    >>> bool(model[1]), popular.tolist()  # u1's second click: b, clicked just before, is left out
+    (True, [False, True])
+    >>> monitor.report()["popularity_prequential_recall@1"]
+    0.5
     >>> monitor.baseline.counts
-    Counter({'b': 1})
+    {'a': 2, 'b': 1}
     """
 
     def __init__(self, k: int = 50, window: int = 5000) -> None:
         self.k = k
         self.baseline = MostPopularSoFar()
+        self.clicked = ClickedBefore()
         self.model_hits = HitRate(window)
         self.popular_hits = HitRate(window)
 
@@ -142,13 +224,26 @@ class PrequentialMonitor:
         features. Returns the model's hits; both rates and the baseline's counts
         take the clicks in.
         """
+        return self.score_with_baseline(learner, user_ids, item_ids, users, items)[0]
+
+    def score_with_baseline(self, learner, user_ids: Sequence[str], item_ids: Sequence[str],
+                            users: Mapping[str, Mapping],
+                            items: Mapping[str, Mapping]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score`, returning the hits of the model and of the baseline."""
         catalog = CatalogVectors.embed(learner, items)
-        exclude = learner.histories_of(user_ids)
-        hits = catalog.in_top_k(learner.embed_users(user_ids, users), item_ids, self.k, exclude)
+        exclude = self.clicked.prefixes(user_ids, item_ids)
+        user_vectors = learner.embed_users(user_ids, users, learner.prefix_histories(user_ids, item_ids))
+        hits = catalog.in_top_k(user_vectors, item_ids, self.k, exclude)
+        popular = self.baseline.hits_then_count(item_ids, self.k, exclude)
         self.model_hits.add(hits)
-        self.popular_hits.add(self.baseline.hits_at_k(item_ids, self.k, exclude))
+        self.popular_hits.add(popular)
+        self.clicked.add(user_ids, item_ids)
+        return hits, popular
+
+    def observe(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> None:
+        """Take clicks in without scoring them (a stream's train-only start)."""
         self.baseline.update(item_ids)
-        return hits
+        self.clicked.add(user_ids, item_ids)
 
     def rolling_recall(self) -> float | None:
         """The model's recall@k over the latest clicks (None before the first)."""
@@ -165,7 +260,8 @@ class PrequentialMonitor:
 
     def state_dict(self) -> dict:
         return {"k": self.k, "model": self.model_hits.state_dict(),
-                "popular": self.popular_hits.state_dict(), "baseline": self.baseline.state_dict()}
+                "popular": self.popular_hits.state_dict(), "baseline": self.baseline.state_dict(),
+                "clicked": self.clicked.state_dict()}
 
     def load_state_dict(self, state: Mapping) -> None:
         if state["k"] != self.k:
@@ -173,3 +269,4 @@ class PrequentialMonitor:
         self.model_hits.load_state_dict(state["model"])
         self.popular_hits.load_state_dict(state["popular"])
         self.baseline.load_state_dict(state["baseline"])
+        self.clicked.load_state_dict(state["clicked"])

@@ -75,7 +75,8 @@ class TrainConfig:
     use_log_q
         Subtract the batch's ``log_q`` from the softmax logits (popularity correction).
     remove_accidental_hits
-        Ignore in-batch candidates with the same id as the row's positive.
+        Ignore in-batch candidates with the same id as the row's positive (and, when the
+        batch carries user ids, the same user's other positives).
     num_hard_negatives
         Keep only the hardest negatives per row (softmax), None for all.
     margin
@@ -143,6 +144,9 @@ class Batch:
         Optional ``[B]`` non-negative weights.
     categories
         Optional ``[B]`` category per item (the DAT category alignment loss).
+    user_ids
+        Optional ``[B]`` integer user codes: with accidental hits removed, a row's
+        user's other positives in the batch are not its negatives either.
     """
 
     user_inputs: dict[str, torch.Tensor]
@@ -154,6 +158,7 @@ class Batch:
     negative_log_q: torch.Tensor | None = None
     sample_weight: torch.Tensor | None = None
     categories: torch.Tensor | None = None
+    user_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.item_ids.shape[0])
@@ -343,6 +348,7 @@ def _softmax_loss(model, users, items, batch: Batch, config: TrainConfig) -> tor
         users, candidates, temperature=config.temperature,
         log_q=log_q if config.use_log_q else None,
         candidate_ids=ids if config.remove_accidental_hits else None,
+        query_ids=batch.user_ids if config.remove_accidental_hits else None,
         num_hard_negatives=config.num_hard_negatives, sample_weight=batch.sample_weight)
 
 

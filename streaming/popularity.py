@@ -18,6 +18,10 @@ Definitions chosen here
   item j in a random batch" of the paper -- not the per-occurrence frequency.
   For an item whose share of the positive stream is ``q`` and batches of size
   ``n`` this is ``1 - (1 - q)**n``, about ``n * q`` for all but the head items.
+* **Or one step per click** (``per_click=True``): each occurrence is its own
+  step, in order, so ``1 / B`` estimates the item's share ``q`` of the click
+  stream itself, which does not saturate for head items; the expected number
+  of copies of the item in a batch of ``n`` clicks is then ``n * q``.
 * **How the worker uses it.** The worker passes ``log(probability(ids))`` as
   ``log_q`` to the in-batch softmax. A factor common to all candidates (such as
   dividing by the batch size to get the share per candidate slot) shifts every
@@ -72,6 +76,8 @@ class FrequencyEstimator:
         Seed of the bucket hash functions.
     cache_size : int, default 1_048_576
         Maximum number of string ids whose hash is cached.
+    per_click : bool, default False
+        Count a step per click instead of per batch (see the module docstring).
 
     Examples
     --------
@@ -84,10 +90,18 @@ class FrequencyEstimator:
     [1.0, 0.5, 0.048]
     >>> est.step
     20
+
+    Per click, "a" is every second click and "c" every fourth:
+
+    >>> est = FrequencyEstimator(num_buckets=64, alpha=0.5, per_click=True)
+    >>> for _ in range(10):
+    ...     est.update(["a", "b", "a", "c"])
+    >>> est.probability(["a", "b", "c"]).round(3).tolist(), est.step
+    ([0.5, 0.25, 0.25], 40)
     """
 
     def __init__(self, num_buckets: int, alpha: float, num_hashes: int = 1, seed: int = 0,
-                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+                 cache_size: int = DEFAULT_CACHE_SIZE, per_click: bool = False) -> None:
         if not isinstance(num_buckets, (int, np.integer)) or num_buckets < 1:
             raise ValueError(f"num_buckets must be a positive integer, got {num_buckets!r}")
         if not 0.0 < float(alpha) <= 1.0:
@@ -101,6 +115,7 @@ class FrequencyEstimator:
         self.num_hashes = int(num_hashes)
         self.seed = int(seed)
         self.cache_size = int(cache_size)
+        self.per_click = bool(per_click)
         self.step = 0
         # Row r holds hash function r; B == 0 marks a bucket never seen (a real gap is >= 1).
         self.last_seen = np.zeros((self.num_hashes, self.num_buckets), dtype=np.int64)
@@ -110,23 +125,41 @@ class FrequencyEstimator:
         self._key_cache: dict[str, int] = {}
 
     def update(self, ids: Iterable[str] | np.ndarray) -> None:
-        """Advance one step and record that ``ids`` (one batch's items) were seen.
+        """Advance one step (``per_click``: one per id) and record that ``ids`` (one batch's
+        items) were seen.
 
         ``B <- (1 - alpha) * B + alpha * (t - A)`` then ``A <- t`` for each
         distinct bucket of the batch; repeated ids in one batch count once.
         """
-        self.step += 1
         flat = self._flat_buckets(ids)
-        if flat.size == 0:
+        if not self.per_click:
+            self.step += 1
+            if flat.size:
+                # Duplicate indices read the same old values and write the same new
+                # value, so fancy assignment applies each bucket exactly once per step.
+                self._observe(flat, self.step)
             return
+        count = flat.size // self.num_hashes
+        steps = np.tile(self.step + 1 + np.arange(count, dtype=np.int64), self.num_hashes)
+        self.step += count
+        # The k-th occurrences of each bucket in this batch, k = 0, 1, ...: one vector update
+        # each, in click order, so that a repeated item sees the gap since its previous copy.
+        order = np.lexsort((steps, flat))
+        flat, steps = flat[order], steps[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(flat)) + 1]
+        occurrence = np.arange(flat.size) - np.repeat(starts, np.diff(np.r_[starts, flat.size]))
+        for k in range(int(occurrence.max(initial=-1)) + 1):
+            kth = occurrence == k
+            self._observe(flat[kth], steps[kth])
+
+    def _observe(self, flat: np.ndarray, steps: np.ndarray | int) -> None:
+        """``B <- (1 - alpha) B + alpha (t - A)``, ``A <- t`` for the buckets ``flat`` seen at ``steps``."""
         last_seen = self.last_seen.reshape(-1)
         gap = self.gap.reshape(-1)
-        observed = self.step - last_seen[flat]
+        observed = steps - last_seen[flat]
         old = gap[flat]
-        # Duplicate indices read the same old values and write the same new
-        # value, so fancy assignment applies each bucket exactly once per step.
         gap[flat] = np.where(old == 0.0, observed, (1.0 - self.alpha) * old + self.alpha * observed)
-        last_seen[flat] = self.step
+        last_seen[flat] = steps
 
     def probability(self, ids: Iterable[str] | np.ndarray) -> np.ndarray:
         """Estimated per-step probability that each id is in a batch, in (0, 1].
@@ -176,14 +209,15 @@ class FrequencyEstimator:
         """Hyperparameters, step and arrays (numpy) for a checkpoint."""
         return {
             "num_buckets": self.num_buckets, "alpha": self.alpha,
-            "num_hashes": self.num_hashes, "seed": self.seed, "step": self.step,
+            "num_hashes": self.num_hashes, "seed": self.seed, "per_click": self.per_click,
+            "step": self.step,
             "last_seen": self.last_seen.copy(), "gap": self.gap.copy(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the hyperparameters must match this estimator."""
-        for name in ("num_buckets", "alpha", "num_hashes", "seed"):
-            if state[name] != getattr(self, name):
+        for name in ("num_buckets", "alpha", "num_hashes", "seed", "per_click"):
+            if state.get(name, False) != getattr(self, name):
                 raise ValueError(f"state has {name}={state[name]!r}, estimator has "
                                  f"{getattr(self, name)!r}")
         shape = (self.num_hashes, self.num_buckets)
@@ -200,7 +234,8 @@ class FrequencyEstimator:
     def from_state_dict(cls, state: Mapping[str, Any]) -> "FrequencyEstimator":
         """A new estimator restored from :meth:`state_dict`."""
         estimator = cls(int(state["num_buckets"]), float(state["alpha"]),
-                        int(state["num_hashes"]), int(state["seed"]))
+                        int(state["num_hashes"]), int(state["seed"]),
+                        per_click=bool(state.get("per_click", False)))
         estimator.load_state_dict(state)
         return estimator
 

@@ -58,10 +58,10 @@ class StubLearner:
     def embed_items(self, item_ids, items):
         return np.array([self.item_vectors[i] for i in item_ids], dtype=np.float32)
 
-    def embed_users(self, user_ids, users):
+    def embed_users(self, user_ids, users, histories=None):
         return np.array([self.user_vectors[u] for u in user_ids], dtype=np.float32)
 
-    def histories_of(self, user_ids):
+    def prefix_histories(self, user_ids, item_ids):
         return [list(self.histories.get(u, ())) for u in user_ids]
 
 
@@ -80,13 +80,18 @@ def test_monitor_scores_against_the_current_model_of_the_whole_catalog():
     assert monitor.score(learner, ["u"], ["a"], {}, {}).tolist() == [False]
 
 
-def test_monitor_leaves_out_what_the_user_clicked_before():
-    learner = StubLearner({"a": [1, 0], "b": [0, 1], "c": [0.5, 0.5]}, {"u": [1, 0]},
-                          histories={"u": ["a"]})
+def test_monitor_leaves_out_everything_the_user_clicked_before_even_in_the_same_batch():
+    # u ranks a (1.0), d (0.9), c (0.5), b (0.0)
+    learner = StubLearner({"a": [1, 0], "b": [0, 1], "c": [0.5, 0.5], "d": [0.9, 0.44]},
+                          {"u": [1, 0], "v": [1, 0]})
+    catalog = {"a": {}, "b": {}, "c": {}, "d": {}}
     monitor = PrequentialMonitor(k=1, window=10)
-    # a is u's history: c is the best candidate left, and clicking a again can still hit
-    assert monitor.score(learner, ["u", "u", "u"], ["c", "b", "a"], {}, CATALOG).tolist() == \
-        [True, False, True]
+    assert monitor.score(learner, ["u"], ["a"], {}, catalog).tolist() == [True]
+    # d: a was clicked before; c: a and d (the batch's earlier click) were; v has clicked nothing
+    assert monitor.score(learner, ["u", "u", "v"], ["d", "c", "c"], {}, catalog).tolist() == \
+        [True, True, False]
+    # clicking an item again can still hit
+    assert monitor.score(learner, ["u"], ["a"], {}, catalog).tolist() == [True]
 
 
 def test_monitor_counts_the_baseline_after_scoring_and_keeps_rolling_windows():

@@ -8,7 +8,9 @@ function (as in ``tfrs.tasks.Retrieval`` and ``tfrs.layers.loss``):
 3. sampling-probability (logQ) correction: ``log_q`` is subtracted from every
    column, the positive's included, exactly as TFRS does,
 4. removal of accidental hits: candidates sharing the positive's id get a
-   large negative logit,
+   large negative logit; likewise, with ``query_ids``, the other positives of
+   the same query (a time-ordered stream batches a user's clicks together, and
+   what the user also clicked is no negative for that user),
 5. hard-negative mining: the positive plus the ``k`` largest negative logits,
 6. softmax cross-entropy per row, then a weighted mean over rows.
 
@@ -31,6 +33,7 @@ __all__ = [
     "in_batch_softmax",
     "mine_hard_negatives",
     "remove_accidental_hits",
+    "remove_same_query_positives",
 ]
 
 
@@ -43,6 +46,7 @@ def in_batch_softmax(
     candidate_ids: torch.Tensor | np.ndarray | Sequence | None = None,
     num_hard_negatives: int | None = None,
     sample_weight: torch.Tensor | Sequence[float] | None = None,
+    query_ids: torch.Tensor | np.ndarray | Sequence | None = None,
 ) -> torch.Tensor:
     """Softmax cross-entropy of each query against in-batch and extra candidates.
 
@@ -73,6 +77,9 @@ def in_batch_softmax(
         are fewer). Must be at least 1.
     sample_weight
         ``[B]`` non-negative weight per row.
+    query_ids
+        ``[B]`` query (user) ids. When given, for row ``i`` the positive of any
+        other row ``j < B`` of the same query does not count as a negative.
 
     Returns
     -------
@@ -112,6 +119,8 @@ def in_batch_softmax(
         logits = logits - _as_vector(log_q, num_candidates, "log_q", logits)
     if candidate_ids is not None:
         logits = remove_accidental_hits(logits, candidate_ids)
+    if query_ids is not None:
+        logits = remove_same_query_positives(logits, query_ids)
     targets = torch.arange(batch_size, device=logits.device)
     if num_hard_negatives is not None:
         logits = mine_hard_negatives(logits, num_hard_negatives)
@@ -157,6 +166,34 @@ def remove_accidental_hits(
     is_positive = torch.eye(batch_size, num_candidates, dtype=torch.bool, device=logits.device)
     # finite (not -inf) so that a row can never become all -inf and produce NaN
     return logits.masked_fill(same_id & ~is_positive, _large_negative(logits.dtype))
+
+
+def remove_same_query_positives(
+    logits: torch.Tensor, query_ids: torch.Tensor | np.ndarray | Sequence
+) -> torch.Tensor:
+    """Give a large negative logit to the other in-batch positives of the same query.
+
+    Parameters
+    ----------
+    logits
+        ``[B, C]`` logits; row ``i``'s positive is column ``i``; columns ``B..C-1``
+        (shared sampled negatives) are left alone.
+    query_ids
+        ``[B]`` ids (integers or strings).
+
+    Examples
+    --------
+    >>> import torch
+    >>> masked = remove_same_query_positives(torch.zeros(3, 4), ["u", "v", "u"])
+    >>> (masked < -1e30).int().tolist()
+    [[0, 0, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
+    """
+    batch_size = logits.shape[0]
+    codes = _id_codes(query_ids, batch_size).to(logits.device)
+    same_query = torch.zeros_like(logits, dtype=torch.bool)
+    same_query[:, :batch_size] = codes[:, None] == codes[None, :]
+    same_query[:, :batch_size].fill_diagonal_(False)
+    return logits.masked_fill(same_query, _large_negative(logits.dtype))
 
 
 def mine_hard_negatives(logits: torch.Tensor, num_hard_negatives: int) -> torch.Tensor:
