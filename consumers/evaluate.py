@@ -5,10 +5,10 @@ MRR@10, full ranking with seen items masked) or ``--protocol tfrs`` (80,000 /
 20,000 shuffled split, top-K share, nothing masked); both print the model's
 metrics, the most-popular baseline on the same split (``popularity_`` keys)
 and the settings used. ``--ablation`` runs the protocol once per variant (the
-in-batch softmax the streaming worker trains, then from it: logQ off, each
+in-batch softmax with logQ, then from it: logQ off, each
 other loss, DAT on, a linear projection, the feature towers with and without
-history) and prints the headline metrics of each. ``eval`` is a command group
-so that ``eval stream`` can join it.
+history) and prints the headline metrics of each. ``eval stream`` is in
+:mod:`recallstream.consumers.eval_stream`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ HEADLINE = {"recbole": ("recall@10", "ndcg@10", "mrr@10"), "tfrs": ("top10", "to
 
 
 def add_parser(subparsers) -> None:
-    group = subparsers.add_parser("eval", help="evaluate the model (offline protocols)")
+    from recallstream.consumers import eval_stream
+
+    group = subparsers.add_parser("eval", help="evaluate the model (offline protocols, stream replay)")
     commands = group.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
+    eval_stream.add_parser(commands, subparsers.settings_parent)
     parser = commands.add_parser(
         "offline", parents=[subparsers.settings_parent],
         help="train from scratch and score the recbole or tfrs protocol on MovieLens")
@@ -112,7 +115,7 @@ def protocol_setup(protocol: str, variant: str = "default") -> ProtocolSetup:
     logQ), one step per epoch over all users. tfrs: the MovieLens feature towers
     (one linear layer, no history) with the in-batch softmax and logQ. The
     recbole variants change one thing each from ``in_batch``, the recbole model
-    trained as the streaming worker trains (in-batch softmax with logQ).
+    trained with the in-batch softmax and logQ.
     """
     from recallstream.model.dat import DatConfig
     from recallstream.model.towers import movielens_config
