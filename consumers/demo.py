@@ -102,6 +102,8 @@ def _print_report(report, replayed, seconds, settings, index, dataset, user_ids)
         f"most-popular-so-far: {report['popularity_rolling_recall@50']:.3f})")
     say(f"  prequential recall@50   {report['prequential_recall@50']:>10.3f}  "
         f"(all clicks; most-popular-so-far: {report['popularity_prequential_recall@50']:.3f})")
+    say(f"  training loss           {_loss(report['loss_first_batches']):>10}  (first 20 batches) -> "
+        f"{_loss(report['loss_recent_batches'])} (latest 20)")
     say(f"  wall time               {seconds:>10.1f} s")
     history = _recent_history(dataset)
     for user_id in user_ids:
@@ -118,6 +120,10 @@ def _print_report(report, replayed, seconds, settings, index, dataset, user_ids)
             continue
         for item_id, score, _ in hits:
             say(f"    {score:5.3f}  {_title(dataset, item_id)}")
+
+
+def _loss(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _recent_history(dataset) -> dict[str, list[str]]:

@@ -43,7 +43,8 @@ def run(args, settings) -> int:
     data = load_dataset(args.dataset, args.data_dir)
     torch.manual_seed(settings.seed)
     torch.set_num_threads(1)  # deterministic, and as fast here: the steps are small
-    config = StreamEvalConfig(policy=args.policy, log_q=not args.no_log_q, seed=settings.seed)
+    config = StreamEvalConfig(policy=args.policy, log_q=not args.no_log_q,
+                              batch_size=settings.batch_size, seed=settings.seed)
     evaluation = StreamEvaluation(ClickStream.from_ratings(data.ratings), data.users, data.items, config)
     with _progress_bar(args.no_progress) as advance:
         report = evaluation.run(progress=advance)

@@ -42,6 +42,7 @@ Examples
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from recallstream.consumers import metrics
 from recallstream.consumers.index_publisher import IndexPublisher
@@ -49,6 +50,41 @@ from recallstream.model.prequential import PrequentialMonitor
 from recallstream.streaming.entity_tables import EntityTables
 from recallstream.streaming.minibatch import Minibatcher
 from recallstream.streaming.record_router import Ingested
+
+
+class LossTrace:
+    """The mean training loss of the first ``window`` batches and of the latest ``window``
+    (whether the model learns: the first is about ln(candidates), the latest well below).
+
+    Examples
+    --------
+    >>> trace = LossTrace(window=2)
+    >>> for loss in (6.0, 5.0, 4.0, 2.0):
+    ...     trace.add(loss)
+    >>> trace.report()
+    {'loss_first_batches': 5.5, 'loss_recent_batches': 3.0}
+    """
+
+    def __init__(self, window: int = 20) -> None:
+        self.first: list[float] = []
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def add(self, loss: float) -> None:
+        if len(self.first) < self.recent.maxlen:
+            self.first.append(loss)
+        self.recent.append(loss)
+
+    def report(self) -> dict:
+        mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
+        return {"loss_first_batches": mean(self.first), "loss_recent_batches": mean(self.recent)}
+
+    def state_dict(self) -> dict:
+        return {"first": list(self.first), "recent": list(self.recent)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first = list(state["first"])
+        self.recent.clear()
+        self.recent.extend(state["recent"])
 
 
 class StreamTrainer:
@@ -82,6 +118,7 @@ class StreamTrainer:
         self.publisher = publisher
         self.counters = {"clicks_trained": 0, "batches": 0}
         self.last_loss = float("nan")
+        self.loss_trace = LossTrace()
         self.timing = {"last_batch": None, "records": 0}
 
     def consume(self, ingested: Ingested) -> None:
@@ -116,6 +153,7 @@ class StreamTrainer:
         self.monitor.score(self.learner, user_ids, item_ids, users, items)
         started = time.perf_counter()
         self.last_loss = self.learner.train_batch(user_ids, item_ids, users, items)
+        self.loss_trace.add(self.last_loss)
         step_seconds = time.perf_counter() - started
         self.counters["clicks_trained"] += len(batch)
         self.counters["batches"] += 1

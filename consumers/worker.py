@@ -192,7 +192,7 @@ class Worker:
 
     def report(self) -> dict[str, Any]:
         ingest = self.ingestor.counters()
-        return {**self.counters, **self.trainer.monitor.report(),
+        return {**self.counters, **self.trainer.monitor.report(), **self.trainer.loss_trace.report(),
                 "exposures_seen": ingest["exposures_seen"],
                 "dead_lettered": ingest["dead_lettered_total"], "orphans": ingest["orphans"],
                 "last_loss": self.trainer.last_loss, "stuck_polls_woken": self.prefetcher.wakes}
@@ -201,7 +201,11 @@ class Worker:
 def print_progress(report: dict[str, Any]) -> None:
     """One progress line on stderr (rewritten in place)."""
     loss = "-" if math.isnan(report["last_loss"]) else f"{report['last_loss']:.3f}"  # none trained yet
+    recall = ""
+    if report.get("rolling_recall@50") is not None:
+        recall = (f"  recall@50 {report['rolling_recall@50']:.3f} "
+                  f"(most popular {report['popularity_rolling_recall@50']:.3f})")
     sys.stderr.write(f"\rworker: {report['clicks_trained']:>8} clicks trained  "
                      f"{report['batches']:>5} batches  {report['exposures_seen']:>8} exposures  "
-                     f"{report['dead_lettered']} dead letters  loss {loss}")
+                     f"{report['dead_lettered']} dead letters{recall}  loss {loss}")
     sys.stderr.flush()

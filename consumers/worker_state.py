@@ -67,6 +67,7 @@ class WorkerState:
                 "counters": dict(trainer.counters),
                 "learner": trainer.learner.state_dict(),
                 "monitor": trainer.monitor.state_dict(),
+                "loss_trace": trainer.loss_trace.state_dict(),
                 "index": trainer.publisher.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -80,6 +81,8 @@ class WorkerState:
         trainer.counters.update(state["counters"])
         trainer.learner.load_state_dict(state["learner"])
         trainer.monitor.load_state_dict(state["monitor"])
+        if "loss_trace" in state:  # older checkpoints had none
+            trainer.loss_trace.load_state_dict(state["loss_trace"])
         trainer.publisher.load_state_dict(state["index"])
 
     def save(self, store) -> dict[str, Any]:

@@ -57,7 +57,7 @@ class Settings:
     collection_users: str = _setting("users", "Qdrant collection (or alias) of user vectors")
     checkpoint_dir: str = _setting("var/checkpoints", "folder of the worker's checkpoints")
     join_window_s: float = _setting(1800.0, "click-to-exposure join window in event seconds")
-    batch_size: int = _setting(1024, "training minibatch size (clicks)")
+    batch_size: int = _setting(256, "training minibatch size (clicks)")
     batch_timeout_s: float = _setting(0.5, "flush a partial minibatch after this many seconds")
     checkpoint_every_batches: int = _setting(50, "checkpoint after this many batches")
     checkpoint_every_s: float = _setting(30.0, "checkpoint at least this often (seconds)")

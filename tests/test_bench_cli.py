@@ -14,7 +14,7 @@ def bench_json(capsys, *argv):
     return orjson.loads(capsys.readouterr().out)
 
 
-def test_bench_train_reports_sparse_aware_and_dense_throughput_at_batch_1024(capsys, monkeypatch):
+def test_bench_train_reports_sparse_aware_and_dense_throughput_at_the_batch_size(capsys, monkeypatch):
     import recallstream.model.train_step as train_step_module
 
     steps = []  # (sparse-aware optimizer?, model has sparse tables?) of every timed step
@@ -22,14 +22,14 @@ def test_bench_train_reports_sparse_aware_and_dense_throughput_at_batch_1024(cap
 
     def spy(model, optimizers, batch, config):
         steps.append((optimizers.sparse is not None, bool(model.sparse_parameters())))
-        assert len(batch.item_ids) == 1024
+        assert len(batch.item_ids) == 512
         return real_train_step(model, optimizers, batch, config)
 
     monkeypatch.setattr(train_step_module, "train_step", spy)
-    figures = bench_json(capsys, "train", "--steps", "2")
+    figures = bench_json(capsys, "train", "--steps", "2", "--batch-size", "512")
     assert {"train_samples_per_s", "dense_optimizer_samples_per_s", "speedup", "batch_size",
             "steps_per_run", "runs", "threads"} <= set(figures), sorted(figures)
-    assert figures["batch_size"] == 1024 and figures["steps_per_run"] == 2
+    assert figures["batch_size"] == 512 and figures["steps_per_run"] == 2
     assert figures["runs"] == 1 and figures["threads"] == 2
     for key in ("train_samples_per_s", "dense_optimizer_samples_per_s", "speedup"):
         assert isinstance(figures[key], float) and math.isfinite(figures[key]) \

@@ -20,3 +20,9 @@ def test_after_a_batch_the_loss_has_three_decimals(capsys):
                          last_loss=6.40213)
     assert line.startswith("\rworker:") and "1024 clicks trained" in line
     assert line.rstrip().endswith("loss 6.402")
+
+
+def test_the_rolling_recall_stands_beside_most_popular(capsys):
+    line = progress_line(capsys, clicks_trained=512, batches=2, last_loss=5.1,
+                         **{"rolling_recall@50": 0.4512, "popularity_rolling_recall@50": 0.2499})
+    assert "recall@50 0.451 (most popular 0.250)" in line and line.rstrip().endswith("loss 5.100")
