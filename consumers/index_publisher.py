@@ -14,7 +14,9 @@ model, so nothing here affects training or its evaluation.
   click), for the whole catalog every ``reembed_every_batches`` batches (the
   dense layers move every item) and at start-up; retired items are deleted.
 - **Users** of each batch go to the users collection, so that recall needs
-  only a user id.
+  only a user id, with the payload ``model_version`` and ``recent_items`` (the
+  user's latest clicked items, newest last: what recall may leave out as seen).
+  Items also carry ``title`` when the catalog has one.
 
 Examples
 --------
@@ -90,7 +92,9 @@ class IndexPublisher:
         else:
             self._put_items(sorted({item_id for _, item_id, _ in clicks}), version)
         users = sorted({user_id for user_id, _, _ in clicks})
-        self.sync.put_users(users, self.learner.embed_users(users, self.tables.users))
+        payloads = [{"model_version": version, "recent_items": history}
+                    for history in self.learner.histories_of(users)]
+        self.sync.put_users(users, self.learner.embed_users(users, self.tables.users), payloads)
 
     def pending(self) -> int:
         """Vectors and deletions not yet written."""
@@ -119,6 +123,7 @@ class IndexPublisher:
         now = time.time()
         payloads = [{"model_version": version, "updated_at": now,
                      "last_click_ts": self.item_last_click.get(item_id),
-                     "categories": list(catalog[item_id].get("genres") or [])}
+                     "categories": list(catalog[item_id].get("genres") or []),
+                     **({"title": catalog[item_id]["title"]} if catalog[item_id].get("title") else {})}
                     for item_id in known]
         self.sync.put_items(known, vectors, payloads)

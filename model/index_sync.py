@@ -101,9 +101,10 @@ class IndexSync:
         """Queue item vectors (each replaces any pending vector of the same id)."""
         self._put("item", ids, vectors, payloads)
 
-    def put_users(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Queue user vectors (used for recall by user id)."""
-        self._put("user", ids, vectors, [{}] * len(ids))
+    def put_users(self, ids: Sequence[str], vectors: np.ndarray,
+                  payloads: Sequence[dict] | None = None) -> None:
+        """Queue user vectors (used for recall by user id), with their payloads."""
+        self._put("user", ids, vectors, payloads if payloads is not None else [{}] * len(ids))
 
     def delete_items(self, ids: Sequence[str]) -> None:
         """Queue the removal of retired items."""

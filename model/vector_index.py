@@ -26,11 +26,17 @@ query in another thread sees the old or the new collection, whole.
 
 Server calls that fail to connect (or get 502/503/504) are retried with
 exponential backoff, a bounded number of times, then the error is raised.
+
+qdrant-client's local mode is plain Python over shared dicts and arrays, not
+made for concurrent calls, so an index on it serialises its calls with a lock:
+the worker's writer thread and the recall endpoint's reader threads share one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -135,6 +141,8 @@ class VectorIndex:
         self.batch_size = batch_size
         self.retry = retry
         self._sleep = sleep
+        local = type(getattr(client, "_client", None)).__name__ == "QdrantLocal"
+        self._lock = threading.RLock() if local else contextlib.nullcontext()
 
     @classmethod
     def connect(cls, location: str, api_key: str | None = None, **kwargs: Any) -> "VectorIndex":
@@ -166,6 +174,10 @@ class VectorIndex:
             return
         self._call(self.client.create_collection, name,
                    vectors_config=models.VectorParams(size=dim, distance=wanted))
+
+    def exists(self, name: str) -> bool:
+        """Whether collection (or alias) ``name`` exists."""
+        return bool(self._call(self.client.collection_exists, name))
 
     def delete_collection(self, name: str) -> None:
         self._call(self.client.delete_collection, name)
@@ -258,13 +270,15 @@ class VectorIndex:
 
     def search(self, name: str, vector: Sequence[float] | np.ndarray, limit: int,
                exclude_ids: Sequence[str] | None = None, *,
-               kind: str = "item") -> list[Hit]:
-        """Nearest points to ``vector``, best first: ``(id, score, payload)``."""
+               kind: str = "item", categories: Sequence[str] | None = None) -> list[Hit]:
+        """Nearest points to ``vector``, best first: ``(id, score, payload)``; with
+        ``categories``, only points whose payload ``categories`` holds one of them."""
         query = np.asarray(vector, dtype=np.float32).tolist()
-        return self._query(name, query, limit, exclude_ids, kind)
+        return self._query(name, query, limit, exclude_ids, kind, categories)
 
     def search_by_point_id(self, items_name: str, users_name: str, user_id: str, limit: int,
-                           exclude_ids: Sequence[str] | None = None) -> list[Hit]:
+                           exclude_ids: Sequence[str] | None = None, *,
+                           categories: Sequence[str] | None = None) -> list[Hit]:
         """Recall for a user by id alone: the items nearest to the user's stored vector.
 
         Qdrant looks the vector up in ``users_name`` itself (``lookup_from``), so a
@@ -276,22 +290,26 @@ class VectorIndex:
         lookup = models.LookupLocation(collection=users_name)
         try:
             return self._query(items_name, point_id(user_id, "user"), limit, exclude_ids, "item",
-                               lookup_from=lookup)
+                               categories, lookup_from=lookup)
         except Exception:
             # Local and server modes word "no such point" differently; ask directly.
             if not self.retrieve_vectors(users_name, [user_id], kind="user"):
                 raise KeyError(f"user {user_id!r} has no vector in {users_name!r}") from None
             raise
 
-    def _query(self, name, query, limit, exclude_ids, kind, **extra) -> list[Hit]:
+    def _query(self, name, query, limit, exclude_ids, kind, categories=None, **extra) -> list[Hit]:
         from qdrant_client import models
 
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit!r}")
         query_filter = None
-        if exclude_ids:
-            query_filter = models.Filter(must_not=[models.HasIdCondition(
-                has_id=[point_id(i, kind) for i in exclude_ids])])
+        if exclude_ids or categories:
+            query_filter = models.Filter(
+                must_not=[models.HasIdCondition(has_id=[point_id(i, kind) for i in exclude_ids])]
+                if exclude_ids else None,
+                must=[models.FieldCondition(key="categories",
+                                            match=models.MatchAny(any=list(categories)))]
+                if categories else None)
         response = self._call(self.client.query_points, name, query=query, limit=limit,
                               query_filter=query_filter, with_payload=True, **extra)
         key = f"{kind}_id"
@@ -302,7 +320,8 @@ class VectorIndex:
     def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         for delay in [*self.retry.delays(), None]:
             try:
-                return method(*args, **kwargs)
+                with self._lock:
+                    return method(*args, **kwargs)
             except Exception as error:
                 if delay is None or not is_unavailable(error):
                     raise
