@@ -1,4 +1,5 @@
-"""The worker's Prometheus metrics, declared once, and the ``/metrics`` endpoint.
+"""The worker's Prometheus metrics, declared once, and the ``/metrics`` endpoint
+(served by :mod:`recallstream.consumers.http_server`, beside ``/recall``).
 
 Metric names are part of the deployment (``deploy/prometheus``, the Grafana
 dashboards): they live here only. Labels, if any, come from small fixed sets.
@@ -7,7 +8,7 @@ Callers report through :func:`observe_batch` and :func:`observe_checkpoint`.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 CLICKS_TRAINED = Counter("recallstream_clicks_trained_total", "Clicks applied to the model")
 BATCHES = Counter("recallstream_batches_total", "Training steps taken")
@@ -22,15 +23,13 @@ LAST_CHECKPOINT_TS = Gauge("recallstream_last_checkpoint_timestamp_seconds",
                            "Wall time of the newest checkpoint")
 QDRANT_PENDING = Gauge("recallstream_qdrant_pending_points", "Vectors waiting for the Qdrant writer")
 
-_SERVED_PORTS: set[int] = set()
 
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics (and /recall) on ``host:port`` (0: not at all), once per process: a
+    worker that runs again in the same process (tests, the demo) keeps the endpoint it had."""
+    from recallstream.consumers import http_server
 
-def serve_metrics(port: int) -> None:
-    """Serve /metrics on ``port`` (0: not at all), once per process: a worker that runs
-    again in the same process (tests, the demo) keeps the endpoint it had."""
-    if port and port not in _SERVED_PORTS:
-        start_http_server(port)
-        _SERVED_PORTS.add(port)
+    http_server.serve(port, host)
 
 
 def observe_batch(clicks: int, step_seconds: float, loss: float, rolling_recall: float | None,

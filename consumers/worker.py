@@ -105,8 +105,9 @@ class Worker:
         lock = OwnerLock(self.settings.checkpoint_dir).acquire(self.options.lock_timeout_s)
         try:
             self.store = CheckpointStore(self.settings.checkpoint_dir)
-            metrics.serve_metrics(self.settings.metrics_port)
+            metrics.serve_metrics(self.settings.metrics_port, self.settings.http_host)
             self._open()
+            self._attach_recaller()
             try:
                 self._loop()
                 self._checkpoint()
@@ -133,7 +134,18 @@ class Worker:
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
 
+    def _attach_recaller(self) -> None:
+        from recallstream.consumers import http_server
+        from recallstream.model.recall import Recaller
+
+        s = self.settings
+        http_server.attach(s.metrics_port, Recaller(self.index, s.collection_items, s.collection_users))
+
     def _close(self) -> None:
+        if self._given_index is None:  # the index closes: /recall has nothing to ask
+            from recallstream.consumers import http_server
+
+            http_server.attach(self.settings.metrics_port, None)
         closers = [self.prefetcher.close, self.trainer.publisher.close, self.ingestor.close]
         if self._given_index is None:
             closers.append(self.index.close)

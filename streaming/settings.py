@@ -67,7 +67,11 @@ class Settings:
         0.25, "least seconds between two vector writes to Qdrant (updates coalesce meanwhile)")
     align_window_ms: int = _setting(
         100, "record-timestamp window that orders records across partitions deterministically")
-    metrics_port: int = _setting(8000, "port of the Prometheus /metrics endpoint (0: off)")
+    metrics_port: int = _setting(8000, "port of the worker's /metrics and /recall endpoint (0: off)")
+    http_host: str = _setting("127.0.0.1", "address the worker's HTTP endpoint binds (0.0.0.0: all)")
+    recall_url: str = _setting(
+        "", "worker endpoint `recallstream recall` asks in embedded mode "
+        "(empty: http://127.0.0.1:METRICS_PORT)")
     seed: int = _setting(2020, "random seed")
 
     @classmethod
