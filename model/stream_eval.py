@@ -159,17 +159,19 @@ class StreamEvaluation:
     def __init__(self, stream: ClickStream, users: Mapping[str, Mapping],
                  items: Mapping[str, Mapping], config: StreamEvalConfig) -> None:
         self.stream, self.users, self.items, self.config = stream, users, items, config
-        make = lambda: OnlineLearner(stream_tower_config(),  # noqa: E731 - two identical learners
-                                     stream_train_config(temperature=config.temperature,
-                                                         use_log_q=config.log_q), seed=config.seed)
-        self.learner = make()
-        self.snapshot = make()  # the daily fully trained model, warm-started day after day
+        self.learner = self._new_learner()
+        self.snapshot = self._new_learner()  # the daily fully trained model, warm-started
+        self._snapshots_trained = 0
         self.monitor = PrequentialMonitor(k=config.k)
         self.catalog = {item_id: row for row, item_id in enumerate(sorted(items))}
         self.ease = Ease(len(self.catalog), l2=config.ease_l2)
         self.recorded = RecordedClicks()
         self.scoreboard = Scoreboard()
         self.losses: list[float] = []
+
+    def _new_learner(self) -> OnlineLearner:
+        train = stream_train_config(temperature=self.config.temperature, use_log_q=self.config.log_q)
+        return OnlineLearner(stream_tower_config(), train, seed=self.config.seed)
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> dict:
         """Replay the whole stream; returns the report (the JSON of ``eval stream``)."""
@@ -213,8 +215,6 @@ class StreamEvaluation:
         known = np.asarray(rows) >= 0
         self.ease.fit(users[known], np.asarray(rows)[known])
 
-    _snapshots_trained = 0
-
     def _replay_day(self, day: int, begin: int, end: int) -> None:
         batcher: Minibatcher[int] = Minibatcher(self.config.batch_size, float("inf"))
         for batch in batcher.add_many(range(begin, end)):
@@ -256,8 +256,3 @@ class StreamEvaluation:
         better = (scores > target_scores[:, None]).sum(axis=1)
         return known & (better < self.config.k)
 
-
-def evaluate_stream(stream: ClickStream, users: Mapping[str, Mapping], items: Mapping[str, Mapping],
-                    config: StreamEvalConfig, progress=None) -> dict:
-    """Replay ``stream`` under ``config``; the report of ``recallstream eval stream``."""
-    return StreamEvaluation(stream, users, items, config).run(progress)
