@@ -46,6 +46,7 @@ from collections import deque
 
 from recallstream.consumers import metrics
 from recallstream.consumers.index_publisher import IndexPublisher
+from recallstream.consumers.watch import TrainingWatch
 from recallstream.model.prequential import PrequentialMonitor
 from recallstream.streaming.entity_tables import EntityTables
 from recallstream.streaming.minibatch import Minibatcher
@@ -120,6 +121,8 @@ class StreamTrainer:
         self.last_loss = float("nan")
         self.loss_trace = LossTrace()
         self.timing = {"last_batch": None, "records": 0}
+        self.watch = TrainingWatch(monitor.k)
+        publisher.sync.on_write = self.watch.written
 
     def consume(self, ingested: Ingested) -> None:
         """Apply one poll's result: catalog changes first, then its clicks (in order)."""
@@ -127,6 +130,7 @@ class StreamTrainer:
         if ingested.entities:
             changes = self.tables.apply(ingested.entities)
             self.publisher.catalog_changed(changes, self.counters["batches"])
+        self.watch.received([p.click.item_id for p in ingested.positives])
         for batch in self.batcher.add_many(
                 (p.click.user_id, p.click.item_id, p.click.ts) for p in ingested.positives):
             self.train(batch)
@@ -150,7 +154,8 @@ class StreamTrainer:
         user_ids = [click[0] for click in batch]
         item_ids = [click[1] for click in batch]
         users, items = self.tables.users, self.tables.items
-        self.monitor.score(self.learner, user_ids, item_ids, users, items)
+        hits = self.monitor.score(self.learner, user_ids, item_ids, users, items)
+        health = self.watch.before_step(self.learner, user_ids, item_ids, users, items)
         started = time.perf_counter()
         self.last_loss = self.learner.train_batch(user_ids, item_ids, users, items)
         self.loss_trace.add(self.last_loss)
@@ -158,6 +163,7 @@ class StreamTrainer:
         self.counters["clicks_trained"] += len(batch)
         self.counters["batches"] += 1
         self.timing["last_batch"] = time.monotonic()
+        self.watch.after_step(self, batch, hits, health)
         self.publisher.after_batch(batch, version=self.counters["batches"])
         metrics.observe_batch(len(batch), step_seconds, self.last_loss,
                               self.monitor.rolling_recall(), max(click[2] for click in batch),

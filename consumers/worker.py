@@ -158,7 +158,7 @@ class Worker:
     def _loop(self) -> None:
         trainer = self.trainer
         self._loop_started = idle_since = time.monotonic()
-        progress_at = 0.0
+        progress_at = metrics_at = 0.0
         batches_at_start = trainer.counters["batches"]
         self.prefetcher.start()
         while not self.stop.is_set():
@@ -173,6 +173,9 @@ class Worker:
                 idle_since = time.monotonic()
             if self._checkpoint_due():
                 self._checkpoint()
+            if time.monotonic() - metrics_at > 0.5:
+                metrics_at = time.monotonic()
+                self._observe_ingest()
             if self.options.progress and time.monotonic() - progress_at > 2.0:
                 progress_at = time.monotonic()
                 print_progress(self.report())
@@ -208,6 +211,14 @@ class Worker:
                 "exposures_seen": ingest["exposures_seen"],
                 "dead_lettered": ingest["dead_lettered_total"], "orphans": ingest["orphans"],
                 "last_loss": self.trainer.last_loss, "stuck_polls_woken": self.prefetcher.wakes}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("recallstream")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def print_progress(report: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@
                      histories, torch RNG
     monitor          PrequentialMonitor.state_dict: hit rates, most-popular baseline
     index            IndexPublisher.state_dict: newest trained click per item
+    watch            TrainingWatch.state_dict: the drift detectors (model/drift.py)
 
 Saved together, atomically, they make training exactly once with respect to
 the stream: a restart loads them and seeks every partition to its offsets.
@@ -68,7 +69,8 @@ class WorkerState:
                 "learner": trainer.learner.state_dict(),
                 "monitor": trainer.monitor.state_dict(),
                 "loss_trace": trainer.loss_trace.state_dict(),
-                "index": trainer.publisher.state_dict()}
+                "index": trainer.publisher.state_dict(),
+                "watch": trainer.watch.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = upgrade(state)
@@ -84,6 +86,8 @@ class WorkerState:
         if "loss_trace" in state:  # older checkpoints had none
             trainer.loss_trace.load_state_dict(state["loss_trace"])
         trainer.publisher.load_state_dict(state["index"])
+        if "watch" in state:  # older checkpoints had no drift detectors
+            trainer.watch.load_state_dict(state["watch"])
 
     def save(self, store) -> dict[str, Any]:
         """Write the checkpoint to ``store`` once Qdrant has every published vector, then

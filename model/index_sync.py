@@ -94,6 +94,8 @@ class IndexSync:
         self._busy = False
         self._closed = False
         self.points_written = 0
+        # called by the writer thread after each write: (kind, ids, seconds, ok)
+        self.on_write: Callable[[str, list, float, bool], None] | None = None
         self._thread = threading.Thread(target=self._run, name="index-sync", daemon=True)
         self._thread.start()
 
@@ -170,9 +172,11 @@ class IndexSync:
                     return  # closed and nothing left
                 kind, work = self._take()
                 self._busy = True
+            started = time.monotonic()
             try:
                 self._write(kind, work)
             except Exception as error:
+                self._report(kind, work, started, ok=False)
                 self._put_back(kind, work)
                 log.warning("Qdrant write of %d points failed (%s); retrying in %.1f s",
                             len(work), error, backoff)
@@ -180,10 +184,18 @@ class IndexSync:
                 backoff = min(self.max_backoff_s, backoff * 2)
                 continue
             backoff = self.initial_backoff_s
+            self._report(kind, work, started, ok=True)
             with self._lock:
                 self._busy = False
                 self.points_written += len(work)
                 self._lock.notify_all()
+
+    def _report(self, kind: str, work: list, started: float, ok: bool) -> None:
+        if self.on_write is not None:
+            try:
+                self.on_write(kind, [item_id for item_id, _ in work], time.monotonic() - started, ok)
+            except Exception as error:  # metrics must never stop the writer
+                log.warning("on_write hook failed: %s", error)
 
     def _put_back(self, kind: str, work: list) -> None:
         with self._lock:

@@ -156,6 +156,10 @@ class StreamIngestor:
         """Topic to partition to the next offset to handle, for every partition handled or sought."""
         return self._source.offsets()
 
+    def lag(self) -> dict[str, int]:
+        """Records not yet handled, per topic (:meth:`KafkaSource.lag`)."""
+        return self._source.lag()
+
     def seek(self, offsets: Mapping[str, Mapping[int | str, int]]) -> None:
         """Resume from ``offsets`` (as :meth:`KafkaSource.seek`)."""
         self._source.seek(offsets)

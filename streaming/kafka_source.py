@@ -81,6 +81,16 @@ class KafkaSource:
             out.setdefault(tp.topic, {})[tp.partition] = offset
         return out
 
+    def lag(self) -> dict[str, int]:
+        """Topic to records not yet handled (last known end offset minus next offset to
+        handle, summed over its partitions; partitions without a known end count 0)."""
+        out: dict[str, int] = {}
+        for tp in self.partitions:
+            highwater = self._consumer.highwater(tp)
+            behind = max(0, highwater - self._next.get(tp, 0)) if highwater is not None else 0
+            out[tp.topic] = out.get(tp.topic, 0) + behind
+        return out
+
     def seek(self, offsets: Mapping[str, Mapping[int | str, int]]) -> None:
         """Resume from ``offsets`` (topic to partition to next offset, as :meth:`offsets`).
 
