@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "recallstream.consumers.inspect_topic",
     "recallstream.consumers.worker_cmd",
     "recallstream.consumers.checkpoint_cmd",
+    "recallstream.consumers.recall_cmd",
     "recallstream.consumers.demo",
     "recallstream.consumers.train",
     "recallstream.consumers.evaluate",

@@ -107,7 +107,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
-            self.requestline, self.request_version, self.command = "", "HTTP/0.9", "GET"
+            self.requestline, self.request_version, self.command = "", "", ""
+            self.close_connection = True
             self.send_error(414)
             return False
         if not super().parse_request():
