@@ -133,6 +133,16 @@ class Worker:
         self.prefetcher = Prefetcher(self.ingestor, max_queued=4)
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
+        self._ingest_metrics = metrics.IngestCounters()
+        self._ingest_metrics.observe(self.ingestor.counters(), {})  # the baseline: restored counts
+        metrics.set_build_info(version=_version(), batch_size=self.settings.batch_size,
+                               recall_k=RECALL_K)
+
+    def _observe_ingest(self) -> None:
+        try:  # the prefetch thread updates these counters meanwhile; skip a torn read
+            self._ingest_metrics.observe(self.ingestor.counters(), self.ingestor.lag())
+        except RuntimeError:
+            pass
 
     def _attach_recaller(self) -> None:
         from recallstream.consumers import http_server
