@@ -10,7 +10,9 @@ string; the rest of the code path is the same for all three:
 
 * ``":memory:"`` -- embedded, in this process (qdrant-client's local mode);
 * a filesystem path -- embedded and persistent (one process per path);
-* an ``http://`` or ``https://`` URL -- a Qdrant server (API key optional).
+* an ``http://`` or ``https://`` URL -- a Qdrant server (API key optional);
+* ``"edge:PATH"`` -- Qdrant Edge, the Qdrant engine in this process, persistent in
+  folder PATH (:mod:`recallstream.model.edge_index`, package ``qdrant-edge-py``).
 
 Point ids are deterministic, ``uuid5(NAMESPACE, f"{kind}:{id}")``, so that
 replaying a stream overwrites the same points instead of adding new ones. The
@@ -28,7 +30,8 @@ Server calls that fail to connect (or get 502/503/504) are retried with
 exponential backoff, a bounded number of times, then the error is raised.
 
 qdrant-client's local mode is plain Python over shared dicts and arrays, not
-made for concurrent calls, so an index on it serialises its calls with a lock:
+made for concurrent calls, so an index on it (or on Qdrant Edge, whose
+collections and aliases are emulated in Python) serialises its calls with a lock:
 the worker's writer thread and the recall endpoint's reader threads share one.
 """
 
@@ -67,11 +70,16 @@ def point_id(entity_id: str, kind: str = "item") -> str:
 
 
 def connect(location: str, api_key: str | None = None, timeout_s: float = 30.0):
-    """A ``QdrantClient`` for ``":memory:"``, a local path or a server URL."""
+    """A ``QdrantClient`` for ``":memory:"``, a local path or a server URL; an
+    :class:`~recallstream.model.edge_index.EdgeClient` for ``"edge:PATH"``."""
     from qdrant_client import QdrantClient
 
     if not location:
-        raise ValueError("Qdrant location must be ':memory:', a path or an http(s) URL")
+        raise ValueError("Qdrant location must be ':memory:', a path, edge:PATH or an http(s) URL")
+    if location.startswith("edge:"):
+        from recallstream.model.edge_index import EdgeClient
+
+        return EdgeClient(location[len("edge:"):])
     if location == ":memory:":
         return QdrantClient(location=":memory:")
     if location.startswith(("http://", "https://")):
@@ -141,7 +149,7 @@ class VectorIndex:
         self.batch_size = batch_size
         self.retry = retry
         self._sleep = sleep
-        local = type(getattr(client, "_client", None)).__name__ == "QdrantLocal"
+        local = type(getattr(client, "_client", client)).__name__ in ("QdrantLocal", "EdgeClient")
         self._lock = threading.RLock() if local else contextlib.nullcontext()
 
     @classmethod

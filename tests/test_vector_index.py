@@ -1,4 +1,5 @@
-"""Tests of the Qdrant vector index (embedded modes; a server when QDRANT_URL is set)."""
+"""Tests of the Qdrant vector index: the embedded backends (qdrant-client's local mode in
+memory and in a folder, Qdrant Edge in a folder) and a server when QDRANT_URL is set."""
 
 from __future__ import annotations
 
@@ -26,9 +27,16 @@ def brute_force_top(vectors, query, k):
     return order, scores[order]
 
 
-@pytest.fixture
-def index():
-    index = VectorIndex.connect(":memory:")
+EMBEDDED = ["memory", "edge"]  # the backends every test of an `index` runs on
+
+
+def location(backend: str, folder) -> str:
+    return ":memory:" if backend == "memory" else f"{backend}:{folder}" if backend == "edge" else str(folder)
+
+
+@pytest.fixture(params=EMBEDDED)
+def index(request, tmp_path):
+    index = VectorIndex.connect(location(request.param, tmp_path / "qdrant"))
     yield index
     index.close()
 
@@ -158,8 +166,9 @@ def test_alias_swap_is_atomic_for_readers(index):
     assert index.resolve("items") == "items_v1"
 
 
-def test_local_path_persists_points_and_aliases(tmp_path):
-    path = str(tmp_path / "qdrant")
+@pytest.mark.parametrize("backend", ["path", "edge"])
+def test_local_path_persists_points_and_aliases(tmp_path, backend):
+    path = location(backend, tmp_path / "qdrant")
     first = VectorIndex.connect(path)
     fill_version(first, "items_v1", 1)
     first.swap_alias("items", "items_v1")
@@ -173,6 +182,33 @@ def test_local_path_persists_points_and_aliases(tmp_path):
         assert [(h[0], h[2]) for h in after] == [(h[0], h[2]) for h in before]
         np.testing.assert_allclose([h[1] for h in after], [h[1] for h in before], rtol=1e-6)
         assert second.aliases() == {"items": "items_v1"}
+    finally:
+        second.close()
+
+
+@pytest.mark.parametrize("backend", ["path", "edge"])
+def test_a_restart_serves_recall_by_user_id_without_re_embedding(tmp_path, backend):
+    path = location(backend, tmp_path / "qdrant")
+    rng = np.random.default_rng(3)
+    items, users = unit_rows(rng, 200, 8), unit_rows(rng, 3, 8)
+    first = VectorIndex.connect(path)
+    first.ensure_collection("items_v1", dim=8)
+    first.swap_alias("items", "items_v1")
+    first.ensure_collection("users", dim=8)
+    first.upsert("items", [f"i{i}" for i in range(200)], items,
+                 [{"categories": ["even" if i % 2 == 0 else "odd"]} for i in range(200)])
+    first.upsert("users", ["u0", "u1", "u2"], users, kind="user")
+    first.close()
+
+    second = VectorIndex.connect(path)  # nothing written to it: what the first left serves
+    try:
+        for u in range(3):
+            hits = second.search_by_point_id("items", "users", f"u{u}", limit=10)
+            assert [h[0] for h in hits] == [f"i{i}" for i in brute_force_top(items, users[u], 10)[0]]
+        odd = second.search_by_point_id("items", "users", "u0", limit=20, categories=["odd"])
+        assert len(odd) == 20 and all(h[2]["categories"] == ["odd"] for h in odd)
+        with pytest.raises(KeyError):
+            second.search_by_point_id("items", "users", "nobody", limit=3)
     finally:
         second.close()
 
@@ -210,9 +246,10 @@ def test_server_unavailable_is_retried_with_backoff_then_raised():
     assert "connect" in repr(caught.value).lower()
 
 
-def test_errors_that_are_not_connection_errors_are_not_retried():
+@pytest.mark.parametrize("backend", EMBEDDED)
+def test_errors_that_are_not_connection_errors_are_not_retried(tmp_path, backend):
     waits = []
-    index = VectorIndex.connect(":memory:", sleep=waits.append)
+    index = VectorIndex.connect(location(backend, tmp_path / "qdrant"), sleep=waits.append)
     with pytest.raises(ValueError, match="not found"):
         index.count("no-such-collection")
     assert waits == []

@@ -1,0 +1,256 @@
+"""Qdrant Edge (``qdrant-edge-py``) behind :class:`~recallstream.model.vector_index.VectorIndex`.
+
+Qdrant Edge is the Qdrant engine in-process (segments, HNSW, write-ahead log,
+persistence) without a server. It knows one *shard* per folder and has no
+collections or aliases, so :class:`EdgeClient` provides the small part of
+``qdrant_client.QdrantClient``'s interface that ``VectorIndex`` calls, on a
+folder laid out as::
+
+    PATH/collections/NAME/        one EdgeShard per collection
+    PATH/collections/NAME.json    its vector size and distance
+    PATH/aliases.json             alias -> collection (replaced atomically)
+
+Aliases are emulated: a table in memory, swapped whole under a lock and written
+to ``aliases.json`` by rename, so a reader resolves a name to the old or the new
+collection, never neither. ``query_points`` with ``lookup_from`` (recall by user
+id) reads the user's vector, then searches. Filters: ``HasIdCondition`` and
+``FieldCondition`` with ``MatchAny``/``MatchValue``, in ``must``/``must_not``/
+``should``. One process per folder, as with qdrant-client's local mode.
+
+Examples
+--------
+>>> import tempfile
+>>> from recallstream.model.vector_index import VectorIndex
+>>> folder = tempfile.mkdtemp()
+>>> index = VectorIndex.connect(f"edge:{folder}")
+>>> index.ensure_collection("items", dim=2)
+>>> index.upsert("items", ["a", "b"], np.array([[1.0, 0.0], [0.0, 1.0]]))
+>>> index.search("items", [0.9, 0.1], limit=1)[0][0]
+'a'
+>>> index.close()
+>>> again = VectorIndex.connect(f"edge:{folder}")
+>>> again.count("items"), again.search("items", [0.1, 0.9], limit=1)[0][0]
+(2, 'b')
+>>> again.close()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+PREFIX = "edge:"
+
+
+class EdgeClient:
+    """The qdrant-client calls VectorIndex makes, on Qdrant Edge shards in ``path``."""
+
+    def __init__(self, path: str) -> None:
+        import qdrant_edge  # noqa: F401  (fail early if the package is missing)
+
+        if not path:
+            raise ValueError("edge: needs a folder, e.g. edge:var/qdrant-edge")
+        self.root = Path(path)
+        (self.root / "collections").mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._shards: dict[str, Any] = {}
+        self._meta: dict[str, dict] = {}
+        for meta_file in sorted((self.root / "collections").glob("*.json")):
+            name = meta_file.stem
+            self._meta[name] = json.loads(meta_file.read_text())
+            self._shards[name] = self._edge.EdgeShard.load(str(self._dir(name)))
+        aliases_file = self.root / "aliases.json"
+        self._aliases: dict[str, str] = (json.loads(aliases_file.read_text())
+                                         if aliases_file.exists() else {})
+
+    @property
+    def _edge(self):
+        import qdrant_edge
+
+        return qdrant_edge
+
+    def _dir(self, name: str) -> Path:
+        return self.root / "collections" / name
+
+    def _shard(self, name: str):
+        collection = self._aliases.get(name, name)
+        try:
+            return self._shards[collection]
+        except KeyError:
+            raise ValueError(f"Collection {name!r} not found") from None
+
+    # -- collections and aliases -------------------------------------------------
+
+    def collection_exists(self, name: str) -> bool:
+        return name in self._aliases or name in self._shards
+
+    def get_collection(self, name: str):
+        from qdrant_client import models
+
+        self._shard(name)
+        meta = self._meta[self._aliases.get(name, name)]
+        vectors = models.VectorParams(size=meta["size"], distance=models.Distance(meta["distance"]))
+        return SimpleNamespace(config=SimpleNamespace(params=SimpleNamespace(vectors=vectors)))
+
+    def create_collection(self, name: str, vectors_config) -> bool:
+        edge = self._edge
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"bad collection name {name!r}")
+        with self._lock:
+            if self.collection_exists(name):
+                raise ValueError(f"Collection {name!r} already exists")
+            distance = str(getattr(vectors_config.distance, "value", vectors_config.distance))
+            config = edge.EdgeConfig(vectors={"": edge.EdgeVectorParams(
+                size=int(vectors_config.size), distance=getattr(edge.Distance, distance))})
+            if self._dir(name).exists():  # a collection deleted half-way
+                shutil.rmtree(self._dir(name))
+            self._shards[name] = edge.EdgeShard.create(str(self._dir(name)), config)
+            self._meta[name] = {"size": int(vectors_config.size), "distance": distance}
+            _write_json(self._dir(name).with_suffix(".json"), self._meta[name])
+        return True
+
+    def delete_collection(self, name: str) -> bool:
+        with self._lock:
+            collection = self._aliases.get(name, name)
+            shard = self._shards.pop(collection, None)
+            if shard is None:
+                return False
+            self._meta.pop(collection, None)
+            self._dir(collection).with_suffix(".json").unlink(missing_ok=True)
+            shard.close()
+            shutil.rmtree(self._dir(collection), ignore_errors=True)
+            self._set_aliases({a: c for a, c in self._aliases.items() if c != collection})
+        return True
+
+    def get_aliases(self):
+        from qdrant_client import models
+
+        return models.CollectionsAliasesResponse(aliases=[
+            models.AliasDescription(alias_name=a, collection_name=c)
+            for a, c in self._aliases.items()])
+
+    def update_collection_aliases(self, change_aliases_operations) -> bool:
+        with self._lock:
+            table = dict(self._aliases)
+            for action in change_aliases_operations:
+                if getattr(action, "delete_alias", None) is not None:
+                    table.pop(action.delete_alias.alias_name, None)
+                elif getattr(action, "create_alias", None) is not None:
+                    create = action.create_alias
+                    if create.collection_name not in self._shards:
+                        raise ValueError(f"Collection {create.collection_name!r} not found")
+                    table[create.alias_name] = create.collection_name
+                else:
+                    raise NotImplementedError(f"alias action {action!r}")
+            self._set_aliases(table)
+        return True
+
+    def _set_aliases(self, table: dict[str, str]) -> None:
+        _write_json(self.root / "aliases.json", table)
+        self._aliases = table  # one assignment: readers see the old table or the new one
+
+    # -- points ------------------------------------------------------------------
+
+    def upsert(self, name: str, points, wait: bool = True) -> None:
+        edge = self._edge
+        shard = self._shard(name)
+        payloads = points.payloads or [{}] * len(points.ids)
+        shard.update(edge.UpdateOperation.upsert_points([
+            edge.Point(id=_edge_id(i), vector=list(v), payload=p)
+            for i, v, p in zip(points.ids, points.vectors, payloads)]))
+
+    def delete(self, name: str, points_selector, wait: bool = True) -> None:
+        self._shard(name).update(self._edge.UpdateOperation.delete_points(
+            [_edge_id(i) for i in points_selector.points]))
+
+    def count(self, name: str, exact: bool = True):
+        from qdrant_client import models
+
+        return models.CountResult(count=self._shard(name).count(self._edge.CountRequest(exact=True)))
+
+    def retrieve(self, name: str, ids, with_vectors: bool = False, with_payload: Any = True):
+        from qdrant_client import models
+
+        records = self._shard(name).retrieve([_edge_id(i) for i in ids],
+                                             with_payload=bool(with_payload),
+                                             with_vector=bool(with_vectors))
+        return [models.Record(id=str(r.id), payload=r.payload if with_payload else None,
+                              vector=_plain_vector(r.vector) if with_vectors else None)
+                for r in records]
+
+    def query_points(self, name: str, query, limit: int = 10, query_filter=None,
+                     with_payload: bool = True, lookup_from=None):
+        from qdrant_client import models
+
+        edge = self._edge
+        if isinstance(query, (str, int, uuid.UUID)):  # a point id: use that point's vector
+            source = lookup_from.collection if lookup_from is not None else name
+            found = self._shard(source).retrieve([_edge_id(query)], with_payload=False,
+                                                 with_vector=True)
+            if not found:
+                raise ValueError(f"No point with id {query} found in {source!r}")
+            query = _plain_vector(found[0].vector)
+        vector = np.asarray(query, dtype=np.float32).tolist()
+        request = edge.QueryRequest(limit=int(limit), query=edge.Query.Nearest(vector),
+                                    with_payload=bool(with_payload),
+                                    filter=_edge_filter(edge, query_filter))
+        hits = self._shard(name).query(request)
+        return SimpleNamespace(points=[
+            models.ScoredPoint(id=str(p.id), version=0, score=float(p.score), payload=p.payload)
+            for p in hits])
+
+    def close(self) -> None:
+        with self._lock:
+            for shard in self._shards.values():
+                shard.flush()
+                shard.close()
+            self._shards.clear()
+
+
+def _edge_id(point_id):
+    return str(point_id) if not isinstance(point_id, int) else point_id
+
+
+def _plain_vector(vector) -> list[float]:
+    if isinstance(vector, dict):  # named vectors: ours is the unnamed one
+        vector = vector.get("", next(iter(vector.values())))
+    return [float(x) for x in vector]
+
+
+def _edge_filter(edge, query_filter):
+    """A qdrant-client ``models.Filter`` as a Qdrant Edge ``Filter`` (the conditions we use)."""
+    if query_filter is None:
+        return None
+
+    def condition(c):
+        if hasattr(c, "has_id"):
+            return edge.HasIdCondition(point_ids={_edge_id(i) for i in c.has_id})
+        match = getattr(c, "match", None)
+        if hasattr(match, "any"):
+            return edge.FieldCondition(key=c.key, match=edge.MatchAny(any=list(match.any)))
+        if hasattr(match, "value"):
+            return edge.FieldCondition(key=c.key, match=edge.MatchValue(match.value))
+        raise NotImplementedError(f"filter condition {c!r} on Qdrant Edge")
+
+    def conditions(part):
+        return [condition(c) for c in part] if part else None
+
+    return edge.Filter(must=conditions(query_filter.must), should=conditions(query_filter.should),
+                       must_not=conditions(query_filter.must_not))
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
