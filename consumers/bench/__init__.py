@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "sampler": "recallstream.consumers.bench.sampler",
     "replay": "recallstream.consumers.bench.replay",
     "train": "recallstream.consumers.bench.train",
+    "recall": "recallstream.consumers.bench.recall",
 }
 
 
