@@ -24,7 +24,7 @@ snapshot job yet to take one at). Everything here is torch- and Kafka-free.
 Examples
 --------
 >>> monitor = DriftMonitor()
->>> monitor.update("miss_at_50", [0] * 200 + [1] * 100)  # a model that stops hitting
+>>> monitor.update("miss_at_50", [0, 0, 0, 1] * 100 + [1] * 100)  # misses 1 in 4, then all
 ['miss_at_50']
 >>> monitor.statistic["miss_at_50"] > 0.3
 True
