@@ -207,6 +207,11 @@ class EdgeClient:
             models.ScoredPoint(id=str(p.id), version=0, score=float(p.score), payload=p.payload)
             for p in hits])
 
+    def optimize(self, name: str) -> bool:
+        """Run Qdrant Edge's segment optimizers on collection ``name`` (builds its HNSW
+        index; blocking). Without it a shard answers by scanning its segments."""
+        return bool(self._shard(name).optimize())
+
     def close(self) -> None:
         with self._lock:
             for shard in self._shards.values():

@@ -312,9 +312,10 @@ def test_recall_command_asks_a_qdrant_server_directly(capsys):
 
 def test_bench_recall_reports_api_and_http_percentiles_per_backend_and_size(capsys):
     assert main(["bench", "recall", "--json", "--sizes", "300", "--users", "5", "--queries", "5",
-                 "--dim", "8"]) == 0
+                 "--dim", "8", "--edge-optimize"]) == 0
     figures = orjson.loads(capsys.readouterr().out)
     for backend in ("memory", "edge"):
         for key in ("api_p50_ms", "api_p99_ms", "http_p50_ms", "http_p99_ms", "upsert_points_per_s"):
             assert figures[f"{backend}_{key}_300"] > 0
         assert figures[f"{backend}_api_p50_ms_300"] <= figures[f"{backend}_api_p99_ms_300"]
+    assert figures["edge_optimize_s_300"] >= 0 and "memory_optimize_s_300" not in figures
