@@ -32,7 +32,7 @@ MISSING_BUCKET = 0
 
 # Hashing a string costs ~1 us; ids repeat a lot in a stream, so remember recent ones.
 _CACHE_LIMIT = 1 << 20
-_cache: dict[tuple[str, str], int] = {}
+_caches: dict[str, dict[str, int]] = {}  # hash key -> {value: hash}
 
 
 def stable_hash(values: Iterable[str], key: str = "") -> np.ndarray:
@@ -61,8 +61,13 @@ def stable_hash(values: Iterable[str], key: str = "") -> np.ndarray:
     key_bytes = key.encode("utf-8")
     if len(key_bytes) > 64:
         raise ValueError(f"hash key must be at most 64 bytes, got {len(key_bytes)}")
-    return np.fromiter((_hash_one(str(value), key, key_bytes) for value in values),
-                       dtype=np.uint64)
+    cache = _caches.setdefault(key, {})
+    values = values if isinstance(values, list) else list(values)
+    try:  # the fast path: every value a string hashed before
+        hashes = [cache[value] for value in values]
+    except (KeyError, TypeError):
+        hashes = [_hash_one(str(value), cache, key_bytes) for value in values]
+    return np.array(hashes, dtype=np.uint64)
 
 
 def bucketize(values: Iterable[str | None], num_buckets: int, key: str = "") -> np.ndarray:
@@ -98,11 +103,11 @@ def bucketize(values: Iterable[str | None], num_buckets: int, key: str = "") -> 
     return buckets
 
 
-def _hash_one(value: str, key: str, key_bytes: bytes) -> int:
-    cached = _cache.get((key, value))
+def _hash_one(value: str, cache: dict[str, int], key_bytes: bytes) -> int:
+    cached = cache.get(value)
     if cached is None:
         cached = blake2b64(value, key_bytes)
-        if len(_cache) >= _CACHE_LIMIT:
-            _cache.clear()
-        _cache[(key, value)] = cached
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[value] = cached
     return cached

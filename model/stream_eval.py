@@ -165,6 +165,8 @@ class StreamEvaluation:
         self.monitor = PrequentialMonitor(k=config.k)
         self.catalog = {item_id: row for row, item_id in enumerate(sorted(items))}
         self.ease = Ease(len(self.catalog), l2=config.ease_l2)
+        self._ease_seen = 0  # clicks handed to EASE so far
+        self._user_index: dict[str, int] = {}
         self.recorded = RecordedClicks()
         self.scoreboard = Scoreboard()
         self.losses: list[float] = []
@@ -210,10 +212,17 @@ class StreamEvaluation:
                            seed=self.config.seed + day, start=window_start)
             self.learner.load_weights(self.snapshot)
             self._snapshots_trained += 1
-        rows = [self.catalog.get(item_id, -1) for item_id in self.stream.item_ids[:begin]]
-        users = np.unique(self.stream.user_ids[:begin], return_inverse=True)[1]
-        known = np.asarray(rows) >= 0
-        self.ease.fit(users[known], np.asarray(rows)[known])
+        self._ease_add(begin)
+        self.ease.refit()
+
+    def _ease_add(self, end: int) -> None:
+        """Hand EASE the clicks it has not seen, up to ``end``."""
+        new = range(self._ease_seen, end)
+        users = [self._user_index.setdefault(self.stream.user_ids[r], len(self._user_index)) for r in new]
+        items = [self.catalog.get(self.stream.item_ids[r], -1) for r in new]
+        known = [n for n, item in enumerate(items) if item >= 0]
+        self.ease.add(np.array(users, dtype=np.int64)[known], np.array(items, dtype=np.int64)[known])
+        self._ease_seen = end
 
     def _replay_day(self, day: int, begin: int, end: int) -> None:
         batcher: Minibatcher[int] = Minibatcher(self.config.batch_size, float("inf"))

@@ -214,3 +214,16 @@ def test_same_user_positives_are_no_negatives():
         kept = [j for j in range(6) if j == i or j >= 4 or users[j] != users[i]]
         expected.append(-torch.log_softmax(logits[i, kept], dim=0)[kept.index(i)])
     assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-6)
+
+
+def test_ease_fed_in_parts_equals_ease_fitted_at_once():
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 20, 150), rng.integers(0, 10, 150)
+    whole = Ease(num_items=10, l2=3.0)
+    whole.fit(users, items)
+    parts = Ease(num_items=10, l2=3.0)
+    parts.add(users[:70], items[:70])
+    parts.refit()
+    parts.add(users[70:], items[70:])
+    parts.refit()
+    np.testing.assert_allclose(parts.weights, whole.weights, rtol=1e-6)
