@@ -204,5 +204,14 @@ class IngestCounters:
 
 
 def set_build_info(**labels) -> None:
-    """``recallstream_build_info``: version and configuration, as labels."""
-    BUILD.info({key: str(value) for key, value in labels.items()})
+    """``recallstream_build_info``: the installed version and the configuration, as labels."""
+    BUILD.info({"version": _installed_version(), **{key: str(value) for key, value in labels.items()}})
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recallstream")
+    except PackageNotFoundError:
+        return "unknown"

@@ -24,14 +24,13 @@ start instead of corrupting the model. Qdrant holds derived data: after a
 from __future__ import annotations
 
 import logging
-import math
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from recallstream.consumers import metrics
+from recallstream.consumers.progress import print_progress
 from recallstream.consumers.thread_policy import set_training_threads
 from recallstream.streaming.settings import Settings
 
@@ -39,7 +38,6 @@ log = logging.getLogger("recallstream.worker")
 
 RECALL_K = 50
 ROLLING_CLICKS = 5000  # window of the rolling prequential recall
-
 
 
 @dataclass
@@ -135,8 +133,7 @@ class Worker:
         self._batches_at_checkpoint = self.counters["batches"]
         self._ingest_metrics = metrics.IngestCounters()
         self._ingest_metrics.observe(self.ingestor.counters(), {})  # the baseline: restored counts
-        metrics.set_build_info(version=_version(), batch_size=self.settings.batch_size,
-                               recall_k=RECALL_K)
+        metrics.set_build_info(batch_size=self.settings.batch_size, recall_k=RECALL_K)
 
     def _observe_ingest(self) -> None:
         try:  # the prefetch thread updates these counters meanwhile; skip a torn read
@@ -222,23 +219,3 @@ class Worker:
                 "dead_lettered": ingest["dead_lettered_total"], "orphans": ingest["orphans"],
                 "last_loss": self.trainer.last_loss, "stuck_polls_woken": self.prefetcher.wakes}
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("recallstream")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def print_progress(report: dict[str, Any]) -> None:
-    """One progress line on stderr (rewritten in place)."""
-    loss = "-" if math.isnan(report["last_loss"]) else f"{report['last_loss']:.3f}"  # none trained yet
-    recall = ""
-    if report.get("rolling_recall@50") is not None:
-        recall = (f"  recall@50 {report['rolling_recall@50']:.3f} "
-                  f"(most popular {report['popularity_rolling_recall@50']:.3f})")
-    sys.stderr.write(f"\rworker: {report['clicks_trained']:>8} clicks trained  "
-                     f"{report['batches']:>5} batches  {report['exposures_seen']:>8} exposures  "
-                     f"{report['dead_lettered']} dead letters{recall}  loss {loss}")
-    sys.stderr.flush()

@@ -1,7 +1,7 @@
 """The worker's progress line (pure formatting, no Kafka): no loss is shown before the first
 trained batch instead of ``nan``."""
 
-from recallstream.consumers.worker import print_progress
+from recallstream.consumers.progress import print_progress
 
 
 def progress_line(capsys, **report):
