@@ -24,7 +24,8 @@ from recallstream.model.ease import Ease
 from recallstream.model.features import History
 from recallstream.model.losses import in_batch_softmax
 from recallstream.model.online import OnlineLearner, stream_tower_config
-from recallstream.model.prequential import MostPopularSoFar, PrequentialMonitor
+from recallstream.model.most_popular import MostPopularSoFar
+from recallstream.model.prequential import PrequentialMonitor
 from recallstream.streaming.popularity import FrequencyEstimator
 
 CLUSTERS, ITEMS_PER_CLUSTER, USERS = 8, 20, 160

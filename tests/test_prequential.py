@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from recallstream.model.catalog_vectors import CatalogVectors
-from recallstream.model.prequential import MostPopularSoFar, PrequentialMonitor
+from recallstream.model.most_popular import MostPopularSoFar
+from recallstream.model.prequential import PrequentialMonitor
 
 
 def plain_hits(clicks, targets, k, exclude):
