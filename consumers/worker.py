@@ -108,6 +108,7 @@ class Worker:
             self._attach_recaller()
             try:
                 self._loop()
+                self._observe_ingest()  # the final lag and counts, whenever the last tick was
                 self._checkpoint()
             finally:
                 self._close()

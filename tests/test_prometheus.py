@@ -105,8 +105,9 @@ def scraped(kafka_settings, tmp_path_factory):
             # Prometheus has scraped the finished run: the process trained every click
             wait_for(lambda: query("recallstream_batches_total")
                      and float(query("recallstream_batches_total")[0]["value"][1]) >= CLICKS // 256
-                     and query("recallstream_freshness_seconds_count > 0"),
-                     "Prometheus to scrape the finished run")
+                     and query("recallstream_freshness_seconds_count > 0")
+                     and query("sum(recallstream_consumer_lag_records) == 0"),
+                     "Prometheus to scrape the finished, caught-up run")
             yield query, f"http://127.0.0.1:{port}/metrics"
             index.close()
     finally:
