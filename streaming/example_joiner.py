@@ -292,7 +292,7 @@ class ExampleJoiner:
             return self.producer.send(topic, key=SNAPSHOT.encode(), value=orjson.dumps(value),
                                       partition=lane)
         value = {"kind": PROGRESS, "offsets": dict(state.offsets),
-                 "snapshot_offset": state.snapshot_offset}
+                 "snapshot_offset": state.snapshot_offset, "instance": self.options.instance}
         self.producer.send(topic, key=PROGRESS.encode(), value=orjson.dumps(value), partition=lane)
         return None
 

@@ -185,8 +185,8 @@ def test_two_joiners_split_the_partitions_and_one_survives_the_other_killed(join
     a = start_joiner(settings, "a")
     b = start_joiner(settings, "b")
     try:
-        # Both own a partition: the state logs hold snapshots written by each.
-        wait_for(lambda: snapshot_writers(settings) >= {"a", "b"}, 60, "both joiners to write", a, b)
+        # Both own a partition: each has committed transactions to its lane's state log.
+        wait_for(lambda: state_writers(settings) >= {"a", "b"}, 60, "both joiners to write", a, b)
         b.send_signal(signal.SIGKILL)
         b.wait(timeout=30)
         producer.join()
@@ -203,7 +203,6 @@ def test_two_joiners_split_the_partitions_and_one_survives_the_other_killed(join
     assert report["lanes"] == [0, 1]  # the survivor took over the killed one's partition
 
 
-def snapshot_writers(settings) -> set[str]:
-    values = [orjson.loads(r.value) for r in read_topic(settings, settings.topic_joiner_state,
-                                                          read_committed=True)]
-    return {v["instance"] for v in values if v["kind"] == "snapshot"}
+def state_writers(settings) -> set[str]:
+    return {orjson.loads(r.value)["instance"]
+            for r in read_topic(settings, settings.topic_joiner_state, read_committed=True)}
