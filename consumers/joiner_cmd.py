@@ -23,8 +23,8 @@ def add_parser(subparsers) -> None:
                              "restart reuses it (default: 0)")
     parser.add_argument("--exit-when-idle", type=float, default=None, metavar="S",
                         help="stop after S seconds with nothing to join (default: run forever)")
-    parser.add_argument("--snapshot-every", type=positive_int, default=100, metavar="N",
-                        help="snapshot a partition's join state every N transactions (default: 100)")
+    parser.add_argument("--snapshot-every", type=positive_int, default=20, metavar="N",
+                        help="snapshot a partition's join state every N transactions (default: 20)")
     parser.add_argument("--max-poll-records", type=positive_int, default=5000, metavar="N",
                         help="records per poll, hence per transaction, at most (default: 5000)")
     parser.add_argument("--session-timeout", type=float, default=10.0, metavar="S",

@@ -102,7 +102,8 @@ class JoinerOptions:
         Names this process's transactional id (``<group>-<instance>``): a restart with the
         same instance fences and aborts the transaction the previous one left open.
     snapshot_every : int
-        Transactions of a lane between two snapshots of its state (replay bound).
+        Transactions of a lane between two snapshots of its state: a restore replays at
+        most this many transactions' input (held in memory while it is replayed).
     session_timeout_s, transaction_timeout_s : float
         Consumer-group session and producer transaction timeouts.
     max_poll_records : int
@@ -112,7 +113,7 @@ class JoinerOptions:
     """
 
     instance: str = "0"
-    snapshot_every: int = 100
+    snapshot_every: int = 20
     session_timeout_s: float = 10.0
     transaction_timeout_s: float = 60.0
     max_poll_records: int = 5000
@@ -379,6 +380,10 @@ class ExampleJoiner:
             back *= 4
         value = orjson.loads(last.value)
         snapshot_offset = last.offset if value["kind"] == SNAPSHOT else value["snapshot_offset"]
+        if snapshot_offset < start:
+            raise RuntimeError(
+                f"lane {lane}: the snapshot at offset {snapshot_offset} of {tp.topic} is gone "
+                f"(log starts at {start}): its retention must exceed the time between snapshots")
         records = self._read({tp: (snapshot_offset, end)})[tp]
         return [(r.offset, orjson.loads(r.value)) for r in records]
 
