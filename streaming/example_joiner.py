@@ -190,8 +190,11 @@ class ExampleJoiner:
             while not self.stop.is_set():
                 batches = self.consumer.poll(timeout_ms=200)
                 if self._pending:
+                    restored = set(self._pending)
                     self._restore_pending()
-                    batches = {}  # restored lanes were sought again: their records come anew
+                    # Restored lanes were sought again: their records come anew.
+                    batches = {tp: records for tp, records in batches.items()
+                               if tp.partition not in restored}
                 batches = {tp: records for tp, records in batches.items()
                            if records and tp.partition in self._lanes}
                 if batches:
