@@ -87,7 +87,7 @@ def _replay_command(args, settings) -> list[str]:
         command += ["--limit", str(args.limit)]
     return command + settings.flags("bootstrap_servers", "topic_exposures", "topic_clicks",
                                     "topic_items", "topic_users", "topic_dead_letters",
-                                    "partitions", "seed")
+                                    "topic_examples", "topic_joiner_state", "partitions", "seed")
 
 
 def _print_report(report, replayed, seconds, settings, index, dataset, user_ids) -> None:

@@ -181,6 +181,9 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "offsets.topic.num.partitions": 4,
         "transaction.state.log.num.partitions": 4,
         "group.initial.rebalance.delay.ms": 0,
+        # A joiner killed and not restarted leaves its transaction open: abort it soon after
+        # its timeout (default scan every 10 s) so its partitions' new owner can go on.
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": 1000,
         "num.partitions": 1,
         "log.segment.bytes": 16 * 1024 * 1024,
         "log.index.size.max.bytes": 1024 * 1024,

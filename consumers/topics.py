@@ -1,8 +1,8 @@
 """``recallstream topics create [--partitions N]``: create the topics, idempotently.
 
 Creates exposures and clicks (same partition count, keyed by user_id), items
-and users (log-compacted, keyed by id) and dead-letters, with the names of the
-settings; see :func:`recallstream.streaming.kafka_io.create_topics`.
+and users (log-compacted, keyed by id), dead-letters, and the joiner's examples
+and joiner-state (partitioned like clicks), with the names of the settings; see :func:`recallstream.streaming.kafka_io.create_topics`.
 """
 
 from __future__ import annotations

@@ -216,6 +216,18 @@ class ClickJoiner:
         _bound_ids(state.click_ids, self.max_entries)
         return positives
 
+    def lane_state(self, lane: int) -> dict[str, Any]:
+        """The state of one lane (JSON-able), for a joiner that owns lanes separately."""
+        return self._lane(lane).state()
+
+    def load_lane_state(self, lane: int, state: dict[str, Any] | None) -> None:
+        """Replace one lane's state by a :meth:`lane_state` (None: an empty lane)."""
+        self._lanes[lane] = _Lane() if state is None else _Lane.from_state(state)
+
+    def drop_lane(self, lane: int) -> None:
+        """Forget one lane (its partition moved to another process)."""
+        self._lanes.pop(lane, None)
+
     def waiting_clicks(self) -> int:
         """How many clicks wait for their exposure (over all lanes)."""
         return sum(lane.num_waiting for lane in self._lanes.values())

@@ -19,7 +19,7 @@ The topic layout that :func:`create_topics` asks for (no broker needed):
 >>> from recallstream.streaming.settings import Settings
 >>> layout = topic_layout(Settings.resolve(environ={}), partitions=3)
 >>> {name: spec["num_partitions"] for name, spec in layout.items()}
-{'exposures': 3, 'clicks': 3, 'items': 3, 'users': 3, 'dead-letters': 1}
+{'exposures': 3, 'clicks': 3, 'items': 3, 'users': 3, 'dead-letters': 1, 'examples': 3, 'joiner-state': 3}
 >>> layout["items"]["configs"]["cleanup.policy"]
 'compact'
 """
@@ -44,6 +44,9 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # A dead letter holds a rejected record base64-encoded (4/3 larger) plus metadata, so its
 # topic accepts twice the size: a record of MAX_MESSAGE_BYTES is dead-lettered whole.
 DEAD_LETTERS_MAX_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
+
+# A snapshot of one lane of the join state (up to its bound of exposures and clicks).
+JOINER_STATE_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 CLIENT_ID = "recallstream"
 
@@ -130,7 +133,9 @@ def topic_layout(settings: Settings, partitions: int | None = None) -> dict[str,
     -------
     dict
         ``{topic: {"num_partitions": n, "configs": {...}}}``; dead-letters has one
-        partition (low volume; one partition keeps the failures in arrival order).
+        partition (low volume; one partition keeps the failures in arrival order);
+        examples and joiner-state have the partition count of clicks (the joiner
+        writes lane ``p``'s output and state log to partition ``p``).
 
     Raises
     ------
@@ -157,6 +162,11 @@ def topic_layout(settings: Settings, partitions: int | None = None) -> dict[str,
         settings.topic_users: {"num_partitions": partitions, "configs": compacted},
         settings.topic_dead_letters: {
             "num_partitions": 1, "configs": {"max.message.bytes": str(DEAD_LETTERS_MAX_MESSAGE_BYTES)}},
+        settings.topic_examples: {"num_partitions": partitions, "configs": plain},
+        # Snapshots of the join state may be large; the joiner writes one at least every
+        # few minutes, so a week of retention always keeps the latest.
+        settings.topic_joiner_state: {"num_partitions": partitions, "configs": {
+            "max.message.bytes": str(JOINER_STATE_MAX_MESSAGE_BYTES)}},
     }
 
 
@@ -188,7 +198,7 @@ def create_topics(settings: Settings, partitions: int | None = None) -> list[str
 
     Examples
     --------
-    With a broker (see tests/test_kafka_io.py): the first call returns the five
+    With a broker (see tests/test_kafka_io.py): the first call returns the seven
     names, the second ``[]``.
     """
     layout = topic_layout(settings, partitions)
@@ -210,14 +220,16 @@ def create_topics(settings: Settings, partitions: int | None = None) -> list[str
 
 def _check_co_partitioned(admin: KafkaAdminClient, settings: Settings,
                           layout: Mapping[str, dict]) -> None:
-    names = [settings.topic_exposures, settings.topic_clicks]
+    names = [settings.topic_exposures, settings.topic_clicks, settings.topic_examples,
+             settings.topic_joiner_state]
     counts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)}
     wanted = layout[settings.topic_exposures]["num_partitions"]
     wrong = {name: count for name, count in counts.items() if count != wanted}
     if wrong:
         raise ValueError(
-            f"existing topics have partition counts {counts}, {wanted} wanted: exposures and "
-            f"clicks must have the same count so that a user's events meet in one partition; "
+            f"existing topics have partition counts {counts}, {wanted} wanted: exposures, "
+            f"clicks, examples and joiner-state must have the same count so that a user's "
+            f"events meet in one partition; "
             f"pass --partitions {next(iter(counts.values()))} if both agree, else recreate them")
 
 
@@ -246,7 +258,7 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 
 
 def read_topic(settings: Settings, topic: str, *, from_offsets: Mapping[int, int] | None = None,
-               idle_timeout_s: float = 30.0) -> Iterator[ConsumerRecord]:
+               idle_timeout_s: float = 30.0, read_committed: bool = False) -> Iterator[ConsumerRecord]:
     """Yield the records of ``topic`` up to the end it has when the call starts.
 
     The consumer is assigned the partitions by hand and belongs to no group, so
@@ -264,6 +276,9 @@ def read_topic(settings: Settings, topic: str, *, from_offsets: Mapping[int, int
         First offset per partition; partitions not given start at the beginning.
     idle_timeout_s : float
         Give up when no record arrives for this long although the end is not reached.
+    read_committed : bool
+        Read only committed transactions, up to the last stable offset (the end then is
+        where the first still open transaction begins).
 
     Yields
     ------
@@ -282,7 +297,8 @@ def read_topic(settings: Settings, topic: str, *, from_offsets: Mapping[int, int
     With a broker: ``sum(1 for _ in read_topic(settings, "clicks"))`` counts the
     clicks present now; records produced meanwhile are not waited for.
     """
-    consumer = make_consumer(settings)
+    consumer = make_consumer(settings, isolation_level="read_committed" if read_committed
+                             else "read_uncommitted")
     try:
         partitions = partitions_of(consumer, topic)
         ends = consumer.end_offsets(partitions)
@@ -358,7 +374,7 @@ def _quiet_kafka_logs() -> Iterator[None]:
 
 
 def scratch_settings(settings: Settings, run_id: str, partitions: int | None = None) -> Settings:
-    """``settings`` with the five topics named ``{run_id}-<name>`` and the consumer group
+    """``settings`` with the seven topics named ``{run_id}-<name>`` and the consumer group
     ``run_id`` (and ``partitions``, when given): the names :func:`scratch_topics` creates.
 
     Examples
@@ -372,7 +388,8 @@ def scratch_settings(settings: Settings, run_id: str, partitions: int | None = N
     return dataclasses.replace(
         settings, topic_exposures=f"{run_id}-exposures", topic_clicks=f"{run_id}-clicks",
         topic_items=f"{run_id}-items", topic_users=f"{run_id}-users",
-        topic_dead_letters=f"{run_id}-dead-letters", consumer_group=run_id, partitions=partitions)
+        topic_dead_letters=f"{run_id}-dead-letters", topic_examples=f"{run_id}-examples",
+        topic_joiner_state=f"{run_id}-joiner-state", consumer_group=run_id, partitions=partitions)
 
 
 @contextlib.contextmanager
@@ -383,7 +400,7 @@ def scratch_topics(settings: Settings, run_id: str, partitions: int | None = Non
     Examples
     --------
     With a broker: ``with scratch_topics(settings, f"bench-{uuid4().hex[:8]}") as s:``
-    gives settings whose five topics exist until the block ends.
+    gives settings whose seven topics exist until the block ends.
     """
     settings = scratch_settings(settings, run_id, partitions)
     topics = create_topics(settings)

@@ -47,6 +47,10 @@ class Settings:
     topic_items: str = _setting("items", "compacted topic of item catalog records (key item_id)")
     topic_users: str = _setting("users", "compacted topic of user profile records (key user_id)")
     topic_dead_letters: str = _setting("dead-letters", "topic receiving undecodable records")
+    topic_examples: str = _setting(
+        "examples", "topic of training examples written by the joiner (key user_id, transactional)")
+    topic_joiner_state: str = _setting(
+        "joiner-state", "topic of the joiner's per-partition state log (snapshots and progress)")
     partitions: int = _setting(4, "partition count of the exposures and clicks topics")
     consumer_group: str = _setting("recallstream-worker", "consumer group used for lag monitoring")
     qdrant: str = _setting(":memory:", "Qdrant: ':memory:', a local path, or a server URL",

@@ -37,7 +37,7 @@ def test_topics_create_over_clicks_partitioned_otherwise_is_a_usage_error(kafka_
     try:
         err = fails(capsys, 2, ["topics", "create", *settings.flags(
             "bootstrap_servers", "partitions", "topic_exposures", "topic_clicks", "topic_items",
-            "topic_users", "topic_dead_letters")])
+            "topic_users", "topic_dead_letters", "topic_examples", "topic_joiner_state")])
         assert "same count" in err
     finally:
         with admin_client(settings) as admin:

@@ -177,3 +177,18 @@ def feed_counters(events) -> dict:
     joiner = ClickJoiner(window_s=60, max_entries=8)
     feed(joiner, events)
     return joiner.counters
+
+
+def test_a_lane_state_moves_to_another_joiner_and_joins_on_identically():
+    one, other = ClickJoiner(window_s=60.0), ClickJoiner(window_s=60.0)
+    one.add_exposure(Exposure("e1", 10.0, "u1", "i1", "m1", 2), lane=1)
+    one.add_click(Click("c0", 11.0, "u1", "i9", "m0"), lane=1)  # waits for its exposure
+    one.add_exposure(Exposure("x", 10.0, "u2", "i2", "m2"), lane=0)  # another lane stays
+    other.load_lane_state(1, one.lane_state(1))
+    one.drop_lane(1)
+    assert one.waiting_clicks() == 0 and other.waiting_clicks() == 1
+    joined = other.add_click(Click("c1", 12.0, "u1", "i1", "m1"), lane=1)
+    assert [(p.click.event_id, p.exposure.position) for p in joined] == [("c1", 2)]
+    assert other.add_click(Click("c1", 12.0, "u1", "i1", "m1"), lane=1) == []  # still a duplicate
+    other.load_lane_state(1, None)
+    assert other.waiting_clicks() == 0

@@ -15,7 +15,8 @@ from recallstream.consumers.cli import main
 from recallstream.streaming.settings import Settings
 
 WORKER_FLAGS = ("bootstrap_servers", "topic_exposures", "topic_clicks", "topic_items",
-                "topic_users", "topic_dead_letters", "consumer_group", "partitions",
+                "topic_users", "topic_dead_letters", "topic_examples", "topic_joiner_state",
+                "consumer_group", "partitions",
                 "batch_size", "batch_timeout_s", "checkpoint_dir", "metrics_port", "qdrant")
 EXPOSURES = 4  # per replayed click: the clicked item and 3 others
 

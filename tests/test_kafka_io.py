@@ -43,7 +43,8 @@ def test_wait_for_broker_sees_the_test_broker(kafka_settings):
 def test_create_topics_is_idempotent_with_partitions_and_compaction(kafka_settings):
     settings = fresh_names(kafka_settings)
     names = [settings.topic_exposures, settings.topic_clicks, settings.topic_items,
-             settings.topic_users, settings.topic_dead_letters]
+             settings.topic_users, settings.topic_dead_letters, settings.topic_examples,
+             settings.topic_joiner_state]
 
     assert sorted(create_topics(settings, partitions=3)) == sorted(names)
     assert create_topics(settings, partitions=3) == []
@@ -56,11 +57,13 @@ def test_create_topics_is_idempotent_with_partitions_and_compaction(kafka_settin
         admin.delete_topics(names)
     assert counts == {settings.topic_exposures: 3, settings.topic_clicks: 3,
                       settings.topic_items: 3, settings.topic_users: 3,
-                      settings.topic_dead_letters: 1}
+                      settings.topic_dead_letters: 1, settings.topic_examples: 3,
+                      settings.topic_joiner_state: 3}
     policies = {name: entries["cleanup.policy"]["value"] for name, entries in configs["topic"].items()}
     assert policies == {settings.topic_exposures: "delete", settings.topic_clicks: "delete",
                         settings.topic_items: "compact", settings.topic_users: "compact",
-                        settings.topic_dead_letters: "delete"}
+                        settings.topic_dead_letters: "delete", settings.topic_examples: "delete",
+                        settings.topic_joiner_state: "delete"}
 
 
 def test_create_topics_refuses_clicks_partitioned_unlike_exposures(kafka_settings):

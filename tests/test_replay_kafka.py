@@ -19,7 +19,7 @@ from recallstream.streaming.kafka_io import (admin_client, end_offsets, read_top
 from recallstream.streaming.movielens import load_movielens
 
 TOPIC_FLAGS = ("bootstrap_servers", "partitions", "topic_exposures", "topic_clicks", "topic_items",
-               "topic_users", "topic_dead_letters")
+               "topic_users", "topic_dead_letters", "topic_examples", "topic_joiner_state")
 
 
 def settings_flags(settings) -> list[str]:
