@@ -84,8 +84,10 @@ def scraped(kafka_settings, tmp_path_factory):
                                f"--web.listen-address=127.0.0.1:{prom_port}"],
                               stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "wb"))
 
-    def query(expr: str) -> list:
-        url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    def query(expr: str, at: float | None = None) -> list:
+        """An instant query, now or at ``at`` (epoch seconds)."""
+        params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+        url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode(params)
         body = json.load(urllib.request.urlopen(url, timeout=5))
         assert body["status"] == "success", body
         return body["data"]["result"]
@@ -107,6 +109,9 @@ def scraped(kafka_settings, tmp_path_factory):
                      and float(query("recallstream_batches_total")[0]["value"][1]) >= CLICKS // 256
                      and query("recallstream_freshness_seconds_count > 0"),
                      "Prometheus to scrape the finished run")
+            # the moment the scraped run is complete: rates over the last minute cover it then,
+            # whatever the scrapes after it do on a loaded machine
+            query.run_scraped_at = time.time()
             yield query, f"http://127.0.0.1:{port}/metrics"
             index.close()
     finally:
@@ -169,7 +174,7 @@ def test_every_dashboard_query_returns_data(scraped):
     assert rows == ["Flow", "Freshness", "Quality", "Drift", "Model health"]
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert len(exprs) >= 25
-    empty = [expr for expr in exprs if not query(expr)]
+    empty = [expr for expr in exprs if not query(expr, at=query.run_scraped_at)]
     assert not empty, f"dashboard queries without data: {empty}"
     uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
     assert uids == {"prometheus"}
