@@ -116,12 +116,15 @@ class ReplayPlan:
         return ImpressionSimulator(list(self.dataset.items), self.exposures_per_click,
                                    self.seed, id_prefix=prefix)
 
-    def entity_records(self, settings: Settings) -> Iterator[tuple[str, bytes, bytes]]:
-        """The users, then the items, stamped just before the first replayed exposure."""
-        simulator = self.simulator()
+    def entity_time(self) -> float:
+        """The event time of the users and items: just before the first replayed exposure."""
         order = self.order()
         first = self.dataset.ratings["timestamp"][order[0]] if len(order) else 0
-        ts = float(first) - simulator.lead_s
+        return float(first) - self.simulator().lead_s
+
+    def entity_records(self, settings: Settings) -> Iterator[tuple[str, bytes, bytes]]:
+        """The users, then the items, stamped :meth:`entity_time`."""
+        ts = self.entity_time()
         for kind, topic, table in (("users", settings.topic_users, self.dataset.users),
                                    ("items", settings.topic_items, self.dataset.items)):
             for entity_id, features in table.items():
@@ -242,8 +245,12 @@ def publish(plan: ReplayPlan, settings: Settings, *, rate: float | None = None,
     failures: list[BaseException] = []
     start = time.monotonic()
     try:
+        # The catalog's record time is its event time, as the joiner's examples carry their
+        # click's: the worker releases both in record-time order.
+        entity_ms = int(plan.entity_time() * 1000)
         for topic, key, value in plan.entity_records(settings):
-            producer.send(topic, key=key, value=value).add_errback(failures.append)
+            producer.send(topic, key=key, value=value,
+                          timestamp_ms=entity_ms).add_errback(failures.append)
         pacer = Pacer(rate)
         events = 0
         per_list = plan.exposures_per_click + 2  # its exposures and the click

@@ -284,8 +284,10 @@ class ExampleJoiner:
             for positive in add(event, lane):
                 counters["examples"] += 1
                 counters["orphans"] += positive.exposure is None
+                # the record time is the click's event time: readers align and seek by it
                 send(examples, key=positive.click.user_id.encode(),
-                     value=example_record(positive, lane), partition=lane)
+                     value=example_record(positive, lane), partition=lane,
+                     timestamp_ms=int(positive.click.ts * 1000))
 
     def _write_state(self, lane: int, state: _Lane):
         """Send the lane's state-log record of this transaction; the future of a snapshot."""

@@ -162,7 +162,9 @@ def topic_layout(settings: Settings, partitions: int | None = None) -> dict[str,
         settings.topic_users: {"num_partitions": partitions, "configs": compacted},
         settings.topic_dead_letters: {
             "num_partitions": 1, "configs": {"max.message.bytes": str(DEAD_LETTERS_MAX_MESSAGE_BYTES)}},
-        settings.topic_examples: {"num_partitions": partitions, "configs": plain},
+        # Examples are stamped with their click's event time (the snapshot job seeks by it).
+        settings.topic_examples: {"num_partitions": partitions, "configs": {
+            **plain, "retention.ms": str(settings.examples_retention_ms)}},
         # Snapshots of the join state may be large; the joiner writes one at least every
         # few minutes, so a week of retention always keeps the latest.
         settings.topic_joiner_state: {"num_partitions": partitions, "configs": {

@@ -52,6 +52,10 @@ class Settings:
     topic_joiner_state: str = _setting(
         "joiner-state", "topic of the joiner's per-partition state log (snapshots and progress)")
     partitions: int = _setting(4, "partition count of the exposures and clicks topics")
+    examples_retention_ms: int = _setting(
+        -1, "retention of the examples topic in ms (-1: keep; examples carry their click's "
+            "event time, so a replay of old data would otherwise expire at once; keep at least "
+            "the snapshot's days)")
     consumer_group: str = _setting("recallstream-worker", "consumer group used for lag monitoring")
     qdrant: str = _setting(":memory:", "Qdrant: ':memory:', a local path, or a server URL",
                            env="QDRANT_URL")
