@@ -23,7 +23,7 @@ def summarize(state: dict, path: str) -> dict:
         "offsets": {topic: {int(p): o for p, o in parts.items()}
                     for topic, parts in state["offsets"].items()},
         "clicks_trained": counters["clicks_trained"],
-        "exposures_seen": ingest["seen"].get("exposures", 0),
+        "examples_seen": ingest["seen"].get("examples", 0),
         "dead_lettered": sum(ingest["dead_lettered"].values()),
         "batches": counters["batches"],
         "model_version": counters["batches"],

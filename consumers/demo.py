@@ -3,9 +3,11 @@
 1. uses the broker at ``KAFKA_BOOTSTRAP_SERVERS``, or starts the local one
    (and stops it at the end if it started it);
 2. creates topics of its own for this run (deleted at the end);
-3. replays MovieLens-100K into them at an accelerated rate, in a background
-   thread, while
-4. the worker trains on the stream with embedded Qdrant and serves ``/metrics``;
+3. replays MovieLens-100K into them at an accelerated rate, in a child process,
+   while
+4. the joiner (a child process) joins exposures and clicks into training
+   examples, exactly once, and the worker trains on them with embedded Qdrant
+   and serves ``/metrics`` and ``/recall``;
 5. prints a short report: clicks trained, dead letters, the rolling recall@50
    of each click against the model before it learned from it, and recall sets
    for a few users next to their recent history.
@@ -44,11 +46,12 @@ def run(args, settings) -> int:
     settings = dataclasses.replace(settings, qdrant=":memory:",
                                    checkpoint_dir=tempfile.mkdtemp(prefix=f"{run_id}-ckpt-"))
     with running_broker(settings, say=say) as settings, scratch_topics(settings, run_id) as settings:
-        say(f"topics of this run: {run_id}-{{exposures,clicks,items,users,dead-letters}}")
+        say(f"topics of this run: {run_id}-{{exposures,clicks,examples,items,users,dead-letters}}")
         return _run_on_topics(args, settings)
 
 
 def _run_on_topics(args, settings) -> int:
+    from recallstream.consumers.joiner_process import JoinerProcess
     from recallstream.consumers.replay import ReplayPlan
     from recallstream.consumers.worker import Worker, WorkerOptions
     from recallstream.model.vector_index import VectorIndex
@@ -57,22 +60,26 @@ def _run_on_topics(args, settings) -> int:
     dataset = load_movielens("ml-100k")
     plan = ReplayPlan(dataset, limit=args.limit)
     say(f"replaying {plan.num_clicks:,} clicks and {plan.num_exposures:,} exposures at "
-        f"{args.rate:,.0f} events/s; the worker trains as they arrive "
+        f"{args.rate:,.0f} events/s; the joiner turns them into examples and the worker "
+        f"trains as they arrive "
         f"(metrics on http://127.0.0.1:{settings.metrics_port}/metrics)")
     index = VectorIndex.connect(":memory:")
     started = time.monotonic()
     # The replay runs in its own process: producer and worker each get a core and a GIL.
     replay = subprocess.Popen(_replay_command(args, settings), stdout=subprocess.PIPE)
+    joiner = JoinerProcess(settings, exit_when_idle_s=10.0)
     try:
         report = Worker(settings, WorkerOptions(exit_when_idle_s=10.0, progress=True),
-                        index=index).run()
+                        index=index, upstream=joiner).run()
         sys.stderr.write("\n")
         replayed = orjson.loads(replay.communicate(timeout=60)[0])
-        _print_report(report, replayed, time.monotonic() - started, settings,
+        joined = joiner.stop()
+        _print_report(report, replayed, joined, time.monotonic() - started, settings,
                       index, dataset, args.users.split(","))
     finally:
         if replay.poll() is None:
             replay.kill()
+        joiner.stop()
         index.close()
     if not report["clicks_trained"] == plan.num_clicks == replayed["clicks"]:
         raise CommandError(f"{plan.num_clicks} clicks planned, {replayed['clicks']} replayed, "
@@ -90,13 +97,14 @@ def _replay_command(args, settings) -> list[str]:
                                     "topic_examples", "topic_joiner_state", "partitions", "seed")
 
 
-def _print_report(report, replayed, seconds, settings, index, dataset, user_ids) -> None:
+def _print_report(report, replayed, joined, seconds, settings, index, dataset, user_ids) -> None:
     say("")
     say("report")
-    say(f"  clicks replayed         {replayed['clicks']:>10,}")
+    say(f"  clicks replayed         {replayed['clicks']:>10,}  with {replayed['exposures']:,} exposures")
+    say(f"  joiner                  {joined['examples']:>10,}  examples from {joined['records']:,} "
+        f"records ({joined['orphans']:,} orphans, {joined['us_per_record']} µs of join work per record)")
     say(f"  clicks trained          {report['clicks_trained']:>10,}  in {report['batches']} batches")
-    say(f"  exposures seen          {report['exposures_seen']:>10,}")
-    say(f"  dead letters            {report['dead_lettered']:>10,}")
+    say(f"  dead letters            {report['dead_lettered'] + joined['dead_lettered']:>10,}")
     say(f"  rolling recall@50       {report['rolling_recall@50']:>10.3f}  "
         f"(last 5,000 clicks, each scored before training on it; "
         f"most-popular-so-far: {report['popularity_rolling_recall@50']:.3f})")

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
         "inspect", parents=[subparsers.settings_parent],
         help="count valid and invalid records of a topic, by reason (read-only)")
     parser.add_argument("topic", metavar="TOPIC", help="topic name")
-    parser.add_argument("--kind", choices=["exposures", "clicks", "items", "users", "dead-letters"],
+    parser.add_argument("--kind", choices=["exposures", "clicks", "examples", "items", "users", "dead-letters"],
                         help="how to decode the records (default: from the topic name)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
@@ -39,7 +39,9 @@ def run(args, settings) -> int:
         raise UsageError(f"{args.topic!r} is none of the configured topics; pass --kind")
     require_broker(settings)
     try:
-        report = count_records(args.topic, kind, read_topic(settings, args.topic))
+        # examples count once their joiner's transaction commits
+        records = read_topic(settings, args.topic, read_committed=kind == "examples")
+        report = count_records(args.topic, kind, records)
     except ValueError as error:  # the topic does not exist
         raise UsageError(str(error)) from None
     if args.json:
@@ -62,11 +64,9 @@ def kind_of_topic(settings, topic: str) -> str | None:
     >>> kind_of_topic(s, s.topic_users), kind_of_topic(s, s.topic_dead_letters), kind_of_topic(s, "x")
     ('users', 'dead-letters', None)
     """
-    from recallstream.streaming.ingest import topic_kinds
-
-    if topic == settings.topic_dead_letters:
-        return "dead-letters"
-    return topic_kinds(settings).get(topic)
+    return {settings.topic_exposures: "exposures", settings.topic_clicks: "clicks",
+            settings.topic_examples: "examples", settings.topic_items: "items",
+            settings.topic_users: "users", settings.topic_dead_letters: "dead-letters"}.get(topic)
 
 
 def count_records(topic: str, kind: str, records: Iterable[Any]) -> dict[str, Any]:

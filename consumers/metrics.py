@@ -22,11 +22,11 @@ BATCHES = Counter("recallstream_batches_total", "Training steps taken")
 EXAMPLES_TRAINED = Counter("recallstream_examples_trained_total",
                            "Candidates of the training softmax: clicks plus sampled negatives")
 RECORDS = Counter("recallstream_records_consumed_total",
-                  "Valid records consumed, by topic kind (exposures, clicks, entities, tombstones)",
+                  "Valid records consumed, by topic kind (examples, entities, tombstones)",
                   ["topic"])
 DEAD_LETTERS = Counter("recallstream_dead_letters_total", "Records sent to the dead-letter topic",
                        ["reason"])
-JOINS = Counter("recallstream_joins_total", "Clicks joined to their exposure (matched) or not (orphaned)",
+JOINS = Counter("recallstream_joins_total", "Trained examples whose click the joiner matched to its exposure, or not (orphaned)",
                 ["outcome"])
 LAG = Gauge("recallstream_consumer_lag_records",
             "End offset minus next offset to handle, summed over the topic's partitions", ["topic"])
@@ -171,13 +171,13 @@ class IngestCounters:
 
     Examples
     --------
-    >>> before = RECORDS.labels("clicks")._value.get()
-    >>> counters = {"exposures_seen": 0, "clicks_seen": 5, "entity_records": 0, "tombstones": 0,
-    ...             "joined": 5, "orphans": 0, "dead_lettered": {}}
+    >>> before = RECORDS.labels("examples")._value.get()
+    >>> counters = {"examples_seen": 5, "orphans": 0, "entity_records": 0, "tombstones": 0,
+    ...             "dead_lettered": {}}
     >>> ingest = IngestCounters()
-    >>> ingest.observe(counters, {"clicks": 3})
-    >>> ingest.observe({**counters, "clicks_seen": 7}, {"clicks": 1})
-    >>> RECORDS.labels("clicks")._value.get() - before, LAG.labels("clicks")._value.get()
+    >>> ingest.observe(counters, {"examples": 3})
+    >>> ingest.observe({**counters, "examples_seen": 7}, {"examples": 1})
+    >>> RECORDS.labels("examples")._value.get() - before, LAG.labels("examples")._value.get()
     (2.0, 1.0)
     """
 
@@ -185,11 +185,12 @@ class IngestCounters:
         self._last: dict[tuple[str, str], float] | None = None
 
     def observe(self, counters: Mapping, lag: Mapping[str, int]) -> None:
-        now = {("topic", "exposures"): counters["exposures_seen"],
-               ("topic", "clicks"): counters["clicks_seen"],
+        examples, orphans = counters["examples_seen"], counters["orphans"]
+        now = {("topic", "examples"): examples,
                ("topic", "entities"): counters["entity_records"],
                ("topic", "tombstones"): counters["tombstones"],
-               ("outcome", "matched"): counters["joined"], ("outcome", "orphaned"): counters["orphans"],
+               # how the joiner job joined the examples' clicks
+               ("outcome", "matched"): examples - orphans, ("outcome", "orphaned"): orphans,
                **{("reason", reason): n for reason, n in counters["dead_lettered"].items()}}
         last, self._last = self._last, now
         for topic, records in lag.items():

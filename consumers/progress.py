@@ -15,6 +15,6 @@ def print_progress(report: dict[str, Any]) -> None:
         recall = (f"  recall@50 {report['rolling_recall@50']:.3f} "
                   f"(most popular {report['popularity_rolling_recall@50']:.3f})")
     sys.stderr.write(f"\rworker: {report['clicks_trained']:>8} clicks trained  "
-                     f"{report['batches']:>5} batches  {report['exposures_seen']:>8} exposures  "
+                     f"{report['batches']:>5} batches  {report['examples_seen']:>8} examples  "
                      f"{report['dead_lettered']} dead letters{recall}  loss {loss}")
     sys.stderr.flush()

@@ -2,8 +2,9 @@
 
 The worker composes named components and runs them on two threads::
 
-    prefetch thread  StreamIngestor (streaming/ingest.py): fetch, align, decode,
-                     dead-letter, join -> positives and entity changes, in stream order
+    prefetch thread  StreamIngestor (streaming/ingest.py): fetch the joiner's
+                     examples (read_committed) and the items and users, align,
+                     decode, dead-letter -> positives and entity changes, in stream order
     trainer thread   StreamTrainer (consumers/stream_trainer.py): entity changes ->
                      EntityTables; clicks -> minibatch -> PrequentialMonitor scores
                      them -> OnlineLearner trains -> IndexPublisher -> Qdrant
@@ -74,14 +75,18 @@ class Worker:
     Use :meth:`run`; it returns the final report. ``stop`` (a threading.Event)
     ends it gracefully: the current batch finishes, a checkpoint is written,
     offsets are committed, clients are closed. ``index``, if given, is a
-    VectorIndex owned by the caller (kept open).
+    VectorIndex owned by the caller (kept open). ``upstream``, if given, is the
+    joiner feeding the examples topic (a :class:`~recallstream.consumers.joiner_process.
+    JoinerProcess`): an idle worker stops only once it has finished, and its failure
+    stops the worker.
     """
 
     def __init__(self, settings: Settings, options: WorkerOptions | None = None,
-                 index=None) -> None:
+                 index=None, upstream=None) -> None:
         self.settings = settings
         self.options = options or WorkerOptions()
         self._given_index = index
+        self.upstream = upstream
         self.stop = threading.Event()
         self.trainer = None
         self._loop_started: float | None = None
@@ -177,6 +182,8 @@ class Worker:
                 trainer.consume(ingested)
                 idle_since = time.monotonic()
             trainer.train_due()
+            if self.upstream is not None:
+                self.upstream.check()
             if trainer.counters["batches"] != batches:
                 idle_since = time.monotonic()
             if self._checkpoint_due():
@@ -196,6 +203,7 @@ class Worker:
     def _idle_for(self, idle_since: float) -> bool:
         limit = self.options.exit_when_idle_s
         return (limit is not None and time.monotonic() - idle_since >= limit
+                and (self.upstream is None or self.upstream.finished())
                 and self.prefetcher.caught_up())
 
     def _checkpoint_due(self) -> bool:
@@ -216,7 +224,7 @@ class Worker:
     def report(self) -> dict[str, Any]:
         ingest = self.ingestor.counters()
         return {**self.counters, **self.trainer.monitor.report(), **self.trainer.loss_trace.report(),
-                "exposures_seen": ingest["exposures_seen"],
+                "examples_seen": ingest["examples_seen"],
                 "dead_lettered": ingest["dead_lettered_total"], "orphans": ingest["orphans"],
                 "last_loss": self.trainer.last_loss, "stuck_polls_woken": self.prefetcher.wakes}
 

@@ -1,12 +1,17 @@
 """``recallstream worker``: the command line of :class:`~recallstream.consumers.worker.Worker`.
 
-Exit statuses: 0 when done; 2 without a broker (or bad arguments); 3 when another
+The worker trains on the ``examples`` topic that ``recallstream joiner`` fills;
+``--with-joiner`` runs one joiner as a child process of the worker (small
+deployments, the demo).
+
+Exit statuses: 0 when done; 1 when the ``--with-joiner`` joiner failed; 2 without a broker (or bad arguments); 3 when another
 worker owns the checkpoint directory; 4 when a Kafka poll never returned (restart
 it: it resumes from its last checkpoint).
 """
 
 from __future__ import annotations
 
+from recallstream.consumers.joiner_process import JoinerProcess
 from recallstream.consumers.thread_policy import stop_on_signals
 from recallstream.consumers.usage import CommandError, positive_int, require_broker
 from recallstream.consumers.worker import Worker, WorkerOptions
@@ -35,6 +40,9 @@ def add_parser(subparsers) -> None:
                         help="stop after this many batches")
     parser.add_argument("--lock-timeout", type=float, default=0.0, metavar="S",
                         help="wait up to S seconds for another worker to release the model")
+    parser.add_argument("--with-joiner", action="store_true",
+                        help="also run one joiner (exposures + clicks -> examples) as a child "
+                             "process; it stops with the worker")
     parser.add_argument("--progress", action="store_true", help="print progress to stderr")
     parser.add_argument("--json", action="store_true", help="print the final counters as JSON")
     parser.set_defaults(func=run)
@@ -48,10 +56,11 @@ def run(args, settings: Settings) -> int:
     from recallstream.streaming.prefetch import StalledIngestion
 
     require_broker(settings)
+    joiner = JoinerProcess(settings, args.exit_when_idle) if args.with_joiner else None
     worker = Worker(settings, WorkerOptions(exit_when_idle_s=args.exit_when_idle,
                                             max_batches=args.max_batches,
                                             lock_timeout_s=args.lock_timeout,
-                                            progress=args.progress))
+                                            progress=args.progress), upstream=joiner)
     stop_on_signals(worker.stop)
     try:
         report = worker.run()
@@ -59,5 +68,10 @@ def run(args, settings: Settings) -> int:
         raise ModelOwned(str(error)) from error
     except StalledIngestion as error:
         raise IngestionStalled(f"{error}; restart it: it resumes from its last checkpoint") from error
+    finally:
+        if joiner is not None:
+            joined = joiner.stop()
+    if joiner is not None:
+        report = {**report, "joiner": joined}
     print_report(report, args.json)
     return 0

@@ -23,6 +23,10 @@ Rules (schemas in issue 2):
   ``position``, ``context``; entities: key, id, ``ts``, ``features``);
 - exposures and clicks: the key only routes the record (the producer keys by
   user id for co-partitioning); it is not checked;
+- examples (the joiner's output, key ``user_id``): the click's fields, as a click,
+  and ``exposure``, null for an orphan or an object with ``event_id``, ``ts``
+  and optional ``position``, ``context`` and ``extra`` (``wrong_type:exposure``
+  otherwise); they decode to a :class:`~recallstream.streaming.joiner.Positive`;
 - items and users: the key is the entity id and must be UTF-8 and a valid id
   (``missing_key``, ``invalid_key``); the id in the value must equal it
   (``key_mismatch``), since compaction keeps the latest value *per key* and a
@@ -52,13 +56,14 @@ from typing import Any, Union
 import orjson
 
 from recallstream.streaming.events import ENTITY_ID_FIELD, Click, EntityRecord, Exposure, Tombstone
+from recallstream.streaming.joiner import Positive
 
 #: Largest valid record, key plus value, in bytes.
 MAX_RECORD_BYTES = 1 << 20
 #: Longest valid id, in characters.
 MAX_ID_CHARS = 256
 #: The record kinds, one per topic role.
-KINDS = ("exposures", "clicks", "items", "users")
+KINDS = ("exposures", "clicks", "items", "users", "examples")
 
 
 @dataclass(slots=True, frozen=True)
@@ -74,13 +79,13 @@ class Invalid:
     reason: str
 
 
-Decoded = Union[Exposure, Click, EntityRecord, Tombstone, Invalid]
+Decoded = Union[Exposure, Click, EntityRecord, Tombstone, Positive, Invalid]
 
 _EXPOSURE_FIELDS = frozenset(
     ("event_id", "ts", "user_id", "item_id", "impression_id", "position", "context"))
 _CLICK_FIELDS = frozenset(("event_id", "ts", "user_id", "item_id", "impression_id"))
 _ID_FIELDS = ("event_id", "user_id", "item_id", "impression_id")
-_ALL_FIELDS = _ID_FIELDS + ("ts", "position", "context", "features")
+_ALL_FIELDS = _ID_FIELDS + ("ts", "position", "context", "features", "exposure")
 
 # Reason strings are built once: the hot path never formats a string.
 _MISSING = {name: f"missing_field:{name}" for name in _ALL_FIELDS}
@@ -103,14 +108,14 @@ def decode(kind: str, key: bytes | None, value: bytes | None) -> Decoded:
 
     Parameters
     ----------
-    kind : {"exposures", "clicks", "items", "users"}
+    kind : {"exposures", "clicks", "items", "users", "examples"}
         The role of the topic the record was read from.
     key, value : bytes or None
         The raw Kafka key and value.
 
     Returns
     -------
-    Exposure, Click, EntityRecord, Tombstone or Invalid
+    Exposure, Click, EntityRecord, Tombstone, Positive (examples) or Invalid
 
     Raises
     ------
@@ -156,6 +161,21 @@ def _decode_click(kind: str, key: bytes | None, value: bytes | None) -> Click:
     return event
 
 
+def _decode_example(kind: str, key: bytes | None, value: bytes | None) -> Positive:
+    obj = _load_object(key, value)
+    click = Click(_id(obj, "event_id"), _ts(obj), _id(obj, "user_id"), _id(obj, "item_id"),
+                  _id(obj, "impression_id"), _dict_or_none(obj.get("click_extra")))
+    shown = obj.get("exposure")
+    if shown is None:
+        return Positive(click, None)
+    if shown.__class__ is not dict:
+        raise _Rejected(_WRONG_TYPE["exposure"])
+    exposure = Exposure(_id(shown, "event_id"), _ts(shown), click.user_id, click.item_id,
+                        click.impression_id, _position(shown), _optional_object(shown, "context"),
+                        _dict_or_none(shown.get("extra")))
+    return Positive(click, exposure)
+
+
 def _decode_entity(kind: str, key: bytes | None, value: bytes | None) -> EntityRecord | Tombstone:
     entity_id = _entity_key(key)
     if value is None:
@@ -178,7 +198,7 @@ def _decode_entity(kind: str, key: bytes | None, value: bytes | None) -> EntityR
 
 _DECODERS: dict[str, Callable[[str, bytes | None, bytes | None], Decoded]] = {
     "exposures": _decode_exposure, "clicks": _decode_click,
-    "items": _decode_entity, "users": _decode_entity,
+    "items": _decode_entity, "users": _decode_entity, "examples": _decode_example,
 }
 
 
@@ -254,3 +274,8 @@ def _optional_object(obj: dict[str, Any], name: str) -> dict[str, Any] | None:
 def _extra(obj: dict[str, Any], known: frozenset[str]) -> dict[str, Any] | None:
     extra = {name: value for name, value in obj.items() if name not in known}
     return extra or None
+
+
+def _dict_or_none(value: Any) -> dict[str, Any] | None:
+    """Unknown fields a producer kept (the examples' ``extra``): an object, or nothing."""
+    return value if value.__class__ is dict and value else None

@@ -185,6 +185,7 @@ class ExampleJoiner:
         self.producer.init_transactions()
         self.consumer.subscribe(list(self._topics.values()), listener=_Listener(self))
         started = last_record = time.monotonic()
+        first_record: float | None = None
         lanes: list[int] = []
         try:
             while not self.stop.is_set():
@@ -198,6 +199,7 @@ class ExampleJoiner:
                 batches = {tp: records for tp, records in batches.items()
                            if records and tp.partition in self._lanes}
                 if batches:
+                    first_record = first_record or time.monotonic()
                     self._transaction(batches)
                     last_record = time.monotonic()
                 elif (self.options.exit_when_idle_s is not None and not self._pending
@@ -206,7 +208,9 @@ class ExampleJoiner:
             lanes = sorted(self._lanes)
         finally:
             self.close()
-        return {**self.report(time.monotonic() - started), "lanes": lanes}
+        active = last_record - first_record if first_record is not None else 0.0
+        return {**self.report(time.monotonic() - started), "lanes": lanes,
+                "active_s": round(active, 3)}
 
     def report(self, seconds: float) -> dict[str, Any]:
         """Counters, the joiner's waiting clicks, and µs of joiner work per input record."""

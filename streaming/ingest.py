@@ -3,8 +3,8 @@
 :class:`StreamIngestor` composes four parts, each in its own module:
 
 - :class:`~recallstream.streaming.kafka_source.KafkaSource` reads every partition
-  of the exposures, clicks, items and users topics and tracks the next offset
-  of each;
+  of the examples (``read_committed``: the joiner's committed transactions only),
+  items and users topics and tracks the next offset of each;
 - an optional :class:`~recallstream.streaming.alignment.RecordAligner` releases
   records across partitions in windows of record time, so the order does not
   depend on how fetches interleave;
@@ -12,7 +12,8 @@
   and routes it: an invalid one to a dead letter, an item or user record to the
   entity changes it reports (the feature tables,
   :mod:`recallstream.streaming.entity_tables`, are the trainer's to apply), an
-  exposure or a click to the join;
+  example (a click the joiner job joined to its exposure, or an orphan) to the
+  positives;
 - :class:`~recallstream.streaming.dead_letter_sink.DeadLetterSink` produces the
   dead letters, confirmed before ``poll`` returns, so :meth:`StreamIngestor.offsets`
   never covers a record whose dead letter might be lost.
@@ -44,7 +45,6 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from recallstream.streaming.alignment import RecordAligner
 from recallstream.streaming.dead_letter_sink import DeadLetterSink
-from recallstream.streaming.joiner import ClickJoiner
 from recallstream.streaming.kafka_source import KafkaSource, as_state
 from recallstream.streaming.record_router import Ingested, RecordRouter
 from recallstream.streaming.settings import Settings
@@ -52,46 +52,41 @@ from recallstream.streaming.settings import Settings
 __all__ = ["Ingested", "StreamIngestor", "topic_kinds"]
 
 # 2: the feature tables left the ingestor's state (the trainer keeps them).
-_STATE_VERSION = 2
+# 3: the worker reads the joiner's examples; the join state left the ingestor.
+_STATE_VERSION = 3
 # With an aligner: records handed on per poll at most (whole windows, so a poll may exceed
 # it by one window).
 ALIGNED_RECORDS_PER_POLL = 2_000
 
 
 def topic_kinds(settings: Settings) -> dict[str, str]:
-    """Topic name to record kind, for the four event topics of ``settings``.
+    """Topic name to record kind, for the topics the worker reads.
 
     Examples
     --------
-    >>> topic_kinds(Settings.resolve(environ={"RECALLSTREAM_TOPIC_CLICKS": "c"}))["c"]
-    'clicks'
+    >>> topic_kinds(Settings.resolve(environ={"RECALLSTREAM_TOPIC_EXAMPLES": "x"}))["x"]
+    'examples'
     """
-    return {settings.topic_exposures: "exposures", settings.topic_clicks: "clicks",
-            settings.topic_items: "items", settings.topic_users: "users"}
+    return {settings.topic_examples: "examples", settings.topic_items: "items",
+            settings.topic_users: "users"}
 
 
 class StreamIngestor:
-    """Consume, validate, dead-letter, join, and track offsets (see the module docstring).
+    """Consume, validate, dead-letter, and track offsets (see the module docstring).
 
     Parameters
     ----------
     settings : Settings
-        Broker, topic names and ``join_window_s``.
+        Broker and topic names.
     consumer : KafkaConsumer, optional
         Default: that of :meth:`KafkaSource.connect`.
     producer : KafkaProducer, optional
         Producer of dead letters (default: that of :meth:`DeadLetterSink.connect`).
-    joiner : ClickJoiner, optional
-        Default: ``ClickJoiner(settings.join_window_s)``.
     aligner : RecordAligner, optional
         When given, :meth:`poll` hands records on in timestamp windows fixed by
         the logs, so the results come out in the same order however the fetches
         interleave; records fetched but not yet released stay in the aligner
         and are not covered by :meth:`offsets`.
-
-    Attributes
-    ----------
-    joiner : ClickJoiner
 
     Notes
     -----
@@ -99,15 +94,13 @@ class StreamIngestor:
     """
 
     def __init__(self, settings: Settings, consumer: KafkaConsumer | None = None,
-                 producer: KafkaProducer | None = None, joiner: ClickJoiner | None = None,
-                 aligner: RecordAligner | None = None) -> None:
+                 producer: KafkaProducer | None = None, aligner: RecordAligner | None = None) -> None:
         kinds = topic_kinds(settings)
         self._source = (KafkaSource(kinds, consumer) if consumer is not None
                         else KafkaSource.connect(settings, kinds))
         self._sink = (DeadLetterSink(settings.topic_dead_letters, producer) if producer is not None
                       else DeadLetterSink.connect(settings))
-        self._router = RecordRouter(kinds, joiner or ClickJoiner(settings.join_window_s))
-        self.joiner = self._router.joiner
+        self._router = RecordRouter(kinds)
         self._aligner = aligner
         if aligner is not None:
             aligner.track(self._source.partitions)
@@ -171,7 +164,7 @@ class StreamIngestor:
         return self._router.counters()
 
     def state_dict(self) -> dict[str, Any]:
-        """Offsets, join state and counters, as plain JSON-able structures."""
+        """Offsets and counters, as plain JSON-able structures."""
         return {"version": _STATE_VERSION, "offsets": as_state(self.offsets()),
                 **self._router.state_dict()}
 

@@ -56,9 +56,11 @@ class KafkaSource:
 
     @classmethod
     def connect(cls, settings, topics: Iterable[str]) -> "KafkaSource":
-        """A source on ``topics`` with a consumer of ``settings.consumer_group`` (used
-        by :meth:`commit` only, never joined)."""
+        """A ``read_committed`` source on ``topics`` with a consumer of
+        ``settings.consumer_group`` (used by :meth:`commit` only, never joined)."""
+        # read_committed: the joiner's examples count once their transaction commits
         return cls(topics, make_consumer(settings, group_id=settings.consumer_group,
+                                         isolation_level="read_committed",
                                          max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION))
 
     def fetch(self, timeout_s: float, max_records: int | None = None) -> dict[TopicPartition, list]:

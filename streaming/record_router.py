@@ -1,28 +1,27 @@
 """Route fetched records: invalid ones to dead letters, items and users to entity
-changes, exposures and clicks to the join.
+changes, training examples to the positives.
 
 :class:`RecordRouter` is pure stream logic, with no Kafka objects: it takes
 records grouped by partition (anything with ``topic`` and ``partition``
 attributes as the group key, and records with ``topic``, ``partition``,
 ``offset``, ``key`` and ``value``) and returns what they became. Within one
-call, groups are handled by kind (items, users, exposures, then clicks), so
-that catalog changes precede the clicks on them and a click usually finds its
-exposure at once. Exposures and clicks go to a
-:class:`~recallstream.streaming.joiner.ClickJoiner`, with the partition number
-as the join lane (the topics are co-partitioned).
+call, groups are handled by kind (items, users, then examples), so that
+catalog changes precede the clicks on them. Examples are the joiner's output
+(:mod:`recallstream.streaming.example_joiner`): each is one click, joined to
+its exposure or an orphan, ready for training.
 
 Examples
 --------
 >>> from collections import namedtuple
 >>> Partition = namedtuple("Partition", "topic partition")
 >>> Record = namedtuple("Record", "topic partition offset key value")
->>> router = RecordRouter({"c": "clicks", "i": "items"})
+>>> router = RecordRouter({"x": "examples", "i": "items"})
 >>> routed = router.route({
-...     Partition("c", 0): [Record("c", 0, 5, b"u1", b"{oops")],
+...     Partition("x", 0): [Record("x", 0, 5, b"u1", b"{oops")],
 ...     Partition("i", 0): [Record("i", 0, 9, b"i1", b'{"item_id": "i1", "ts": 1, "features": {}}')]})
 >>> [(r.offset, reason) for r, reason in routed.dead_letters], routed.ingested.entities
 ([(5, 'invalid_json')], [EntityRecord(kind='items', entity_id='i1', ts=1.0, features={}, extra=None)])
->>> routed.next_offsets == {Partition("c", 0): 6, Partition("i", 0): 10}
+>>> routed.next_offsets == {Partition("x", 0): 6, Partition("i", 0): 10}
 True
 """
 
@@ -34,11 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recallstream.streaming.decoding import Invalid, decode
-from recallstream.streaming.events import Click, EntityRecord, Exposure, Tombstone
-from recallstream.streaming.joiner import ClickJoiner, Positive
+from recallstream.streaming.events import EntityRecord, Tombstone
+from recallstream.streaming.joiner import Positive
 
 # Handling order of the kinds within one call (see the module docstring).
-_KIND_ORDER = {"items": 0, "users": 1, "exposures": 2, "clicks": 3}
+_KIND_ORDER = {"items": 0, "users": 1, "examples": 2}
 
 
 @dataclass(slots=True)
@@ -90,19 +89,19 @@ class Routed:
 
 
 class RecordRouter:
-    """Decode and route records, keeping the join and the counters (see the module docstring).
+    """Decode and route records, keeping the counters (see the module docstring).
 
     Parameters
     ----------
     kinds : mapping of str to str
-        Topic name to record kind (``exposures``, ``clicks``, ``items``, ``users``).
-    joiner : ClickJoiner, optional
-        Default: ``ClickJoiner()``.
+        Topic name to record kind (``examples``, ``items``, ``users``).
     """
 
-    def __init__(self, kinds: Mapping[str, str], joiner: ClickJoiner | None = None) -> None:
+    def __init__(self, kinds: Mapping[str, str]) -> None:
+        unknown = set(kinds.values()) - set(_KIND_ORDER)
+        if unknown:
+            raise ValueError(f"cannot route {sorted(unknown)}; kinds are {sorted(_KIND_ORDER)}")
         self.kinds = dict(kinds)
-        self.joiner = joiner or ClickJoiner()
         self._seen: Counter[str] = Counter()
         self._dead_lettered: Counter[str] = Counter()
 
@@ -118,47 +117,36 @@ class RecordRouter:
                     self._dead_lettered[decoded.reason] += 1
                     out.dead_letters.append((record, decoded.reason))
                 else:
-                    self._apply(decoded, tp.partition, out.ingested)
+                    self._apply(decoded, out.ingested)
                 out.ingested.records += 1
                 out.next_offsets[tp] = record.offset + 1
         return out
 
     def counters(self) -> dict[str, Any]:
-        """``exposures_seen``, ``clicks_seen``, ``entity_records``, ``tombstones`` (valid
-        records), ``dead_lettered`` (reason to count), ``dead_lettered_total``, and the
-        joiner's ``joined``, ``orphans``, ``duplicate_exposures``, ``duplicate_clicks``,
-        ``waiting_clicks``."""
-        joiner = self.joiner.counters
+        """Valid records: ``examples_seen`` (of which ``orphans``: clicks the joiner found
+        no exposure for), ``entity_records``, ``tombstones``; invalid ones: ``dead_lettered``
+        (reason to count) and ``dead_lettered_total``."""
         return {
-            "exposures_seen": self._seen["exposures"], "clicks_seen": self._seen["clicks"],
+            "examples_seen": self._seen["examples"], "orphans": self._seen["orphans"],
             "entity_records": self._seen["entity_records"], "tombstones": self._seen["tombstones"],
             "dead_lettered": dict(self._dead_lettered),
             "dead_lettered_total": sum(self._dead_lettered.values()),
-            "joined": joiner["joined"], "orphans": joiner["orphans"],
-            "duplicate_exposures": joiner["duplicate_exposures"],
-            "duplicate_clicks": joiner["duplicate_clicks"],
-            "waiting_clicks": self.joiner.waiting_clicks(),
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Join state and counters, as plain JSON-able structures."""
-        return {"joiner": self.joiner.state_dict(), "seen": dict(self._seen),
-                "dead_lettered": dict(self._dead_lettered)}
+        """The counters, as plain JSON-able structures."""
+        return {"seen": dict(self._seen), "dead_lettered": dict(self._dead_lettered)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.joiner.load_state_dict(state["joiner"])
         self._seen = Counter(state["seen"])
         self._dead_lettered = Counter(state["dead_lettered"])
 
-    def _apply(self, event: Exposure | Click | EntityRecord | Tombstone, partition: int,
-               out: Ingested) -> None:
-        cls = event.__class__
-        if cls is Exposure:
-            self._seen["exposures"] += 1
-            out.positives.extend(self.joiner.add_exposure(event, lane=partition))
-        elif cls is Click:
-            self._seen["clicks"] += 1
-            out.positives.extend(self.joiner.add_click(event, lane=partition))
+    def _apply(self, decoded: Positive | EntityRecord | Tombstone, out: Ingested) -> None:
+        cls = decoded.__class__
+        if cls is Positive:
+            self._seen["examples"] += 1
+            self._seen["orphans"] += decoded.exposure is None
+            out.positives.append(decoded)
         else:
             self._seen["entity_records" if cls is EntityRecord else "tombstones"] += 1
-            out.entities.append(event)
+            out.entities.append(decoded)

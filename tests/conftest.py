@@ -63,3 +63,30 @@ def topic_settings(kafka_settings, request):
     run_id = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:120] + "-" + uuid.uuid4().hex[:8]
     with scratch_topics(kafka_settings, run_id, partitions=TEST_PARTITIONS) as settings:
         yield settings
+
+
+def join_examples(settings, idle_s: float = 2.0) -> dict:
+    """Run one joiner (the code behind ``recallstream joiner``) in this process until it
+    has joined everything in ``settings``' exposures and clicks; its report.
+
+    The worker trains on the joiner's ``examples`` topic, so the tests of the worker
+    fill it this way after producing their events.
+    """
+    from recallstream.streaming.example_joiner import ExampleJoiner, JoinerOptions
+
+    options = JoinerOptions(instance=f"test-{uuid.uuid4().hex[:8]}", exit_when_idle_s=idle_s,
+                            session_timeout_s=6.0)
+    return ExampleJoiner(settings, options).run()
+
+
+
+def after_last_record(settings, topic: str) -> dict[int, int]:
+    """Per partition of ``topic``, the offset after its last committed record: where a
+    reader that handled everything resumes (transaction markers take offsets too, so this
+    is not the record count)."""
+    from recallstream.streaming.kafka_io import read_topic
+
+    after: dict[int, int] = {}
+    for record in read_topic(settings, topic, read_committed=True):
+        after[record.partition] = max(after.get(record.partition, 0), record.offset + 1)
+    return after

@@ -2,7 +2,7 @@
 with the documented keys and values.
 
 Parsed elsewhere: ``inspect`` (test_ingest_kafka), ``replay`` (test_replay_kafka), ``worker``
-(test_worker_kafka), ``train`` and ``eval offline`` (test_offline_cli), ``bench`` train,
+(test_worker_kafka), ``joiner`` (test_joiner_kafka), ``train`` and ``eval offline`` (test_offline_cli), ``bench`` train,
 popularity, sampler and decode (test_bench_cli). ``demo`` has no ``--json``.
 """
 
@@ -13,6 +13,8 @@ import pytest
 
 from recallstream.consumers.cli import main
 from recallstream.streaming.settings import Settings
+
+from conftest import after_last_record
 
 WORKER_FLAGS = ("bootstrap_servers", "topic_exposures", "topic_clicks", "topic_items",
                 "topic_users", "topic_dead_letters", "topic_examples", "topic_joiner_state",
@@ -42,7 +44,7 @@ def trained(topic_settings, tmp_path, capsys):
     flags = settings.flags(*WORKER_FLAGS)
     replayed = run_json(capsys, "replay", "--limit", "200", "--max", "--no-progress", *flags)
     assert (replayed["clicks"], replayed["failed"]) == (200, 0)
-    report = run_json(capsys, "worker", "--exit-when-idle", "2", *flags)
+    report = run_json(capsys, "worker", "--with-joiner", "--exit-when-idle", "2", *flags)
     return settings, report
 
 
@@ -51,11 +53,12 @@ def test_checkpoint_inspect_prints_offsets_by_partition_and_the_counters(trained
     summary = run_json(capsys, "checkpoint", "inspect", "--checkpoint-dir", settings.checkpoint_dir)
     assert summary["clicks_trained"] == report["clicks_trained"] == 200
     assert summary["batches"] == summary["model_version"] == report["batches"] == 4
-    assert summary["exposures_seen"] == EXPOSURES * 200 and summary["dead_lettered"] == 0
+    assert summary["examples_seen"] == 200 and summary["dead_lettered"] == 0
+    assert report["joiner"]["examples"] == 200 and report["joiner"]["exposures"] == EXPOSURES * 200
     assert summary["path"].startswith(settings.checkpoint_dir)
     # JSON keys are strings: partition numbers come back as "0", "1"
-    clicks = summary["offsets"][settings.topic_clicks]
-    assert set(clicks) <= {"0", "1"} and sum(clicks.values()) == 200
+    examples = summary["offsets"][settings.topic_examples]
+    assert examples == {str(p): o for p, o in after_last_record(settings, settings.topic_examples).items()}
 
 
 def test_bench_qdrant_reports_upsert_and_search_figures_per_size(capsys):

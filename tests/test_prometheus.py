@@ -26,6 +26,8 @@ from recallstream.model.drift import SIGNALS
 from recallstream.model.vector_index import VectorIndex
 from recallstream.streaming.movielens import load_movielens
 
+from conftest import join_examples
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 CLICKS = 3000
 
@@ -97,6 +99,7 @@ def scraped(kafka_settings, tmp_path_factory):
                             partitions=2) as settings:
             summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=CLICKS), settings, progress=False)
             assert summary.clicks == CLICKS
+            join_examples(settings)
             index = VectorIndex.connect(":memory:")
             worker = Worker(settings, WorkerOptions(exit_when_idle_s=2.0), index=index)
             thread = threading.Thread(target=worker.run, daemon=True)
@@ -134,7 +137,7 @@ def test_promtool_check_metrics_on_a_live_scrape(scraped):
 def test_series_exist_with_plausible_values(scraped):
     query, _ = scraped
     # flow
-    assert value(query, 'recallstream_records_consumed_total{topic="clicks"}') >= CLICKS
+    assert value(query, 'recallstream_records_consumed_total{topic="examples"}') >= CLICKS
     assert value(query, 'recallstream_joins_total{outcome="matched"}') >= CLICKS
     # caught up: at most the few records the aligner holds back at the end of the stream
     # (it releases a window of record time only once a later record arrives)

@@ -35,6 +35,8 @@ from recallstream.model.recall import Recaller, UnknownUser
 from recallstream.model.vector_index import VectorIndex
 from recallstream.streaming.movielens import load_movielens
 
+from conftest import join_examples
+
 CLICKS = 3_000
 BATCH = 250
 USER = "1"  # the README snippet's user, among the replay's first clicks
@@ -72,6 +74,7 @@ def trained(kafka_settings):
         ml = load_movielens("ml-100k")
         summary = publish(ReplayPlan(ml, limit=CLICKS), settings, progress=False)
         assert (summary.clicks, summary.failed) == (CLICKS, 0)
+        join_examples(settings)
         users = {str(ml.ratings[i]["user_id"]) for i in ml.time_order()[:CLICKS]}
         assert USER in users
         with tempfile.TemporaryDirectory() as tmp:

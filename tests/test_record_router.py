@@ -9,11 +9,13 @@ from recallstream.streaming.dead_letter_sink import DeadLetterSink
 from recallstream.streaming.dead_letters import parse_dead_letter, raw_value
 from recallstream.streaming.entity_tables import EntityTables
 from recallstream.streaming.events import Click, EntityRecord, Exposure, Tombstone
+from recallstream.streaming.example_joiner import example_record
+from recallstream.streaming.joiner import Positive
 from recallstream.streaming.record_router import RecordRouter
 
 Partition = namedtuple("Partition", "topic partition")
 Record = namedtuple("Record", "topic partition offset key value")
-KINDS = {"e": "exposures", "c": "clicks", "i": "items", "u": "users"}
+KINDS = {"x": "examples", "i": "items", "u": "users"}
 
 
 def records(topic, partition, values, first_offset=0, key=b"u1"):
@@ -24,37 +26,48 @@ def item(item_id, **features):
     return EntityRecord("items", item_id, 1.0, features).to_json()
 
 
-def test_a_click_meets_its_exposure_and_the_item_comes_first_whatever_the_fetch_order():
+def example(click, exposure=None, lane=0):
+    return example_record(Positive(click, exposure), lane)
+
+
+def test_examples_become_positives_and_the_item_comes_first_whatever_the_fetch_order():
     router = RecordRouter(KINDS)
     click = Click("c1", 12.0, "u1", "i1", "m1")
-    exposure = Exposure("e1", 10.0, "u1", "i1", "m1", 0)
-    # clicks listed first: the router still handles items, then exposures, then clicks
-    routed = router.route({Partition("c", 1): records("c", 1, [click.to_json()], first_offset=40),
-                           Partition("e", 1): records("e", 1, [exposure.to_json()], first_offset=7),
+    exposure = Exposure("e1", 10.0, "u1", "i1", "m1", 0, {"surface": "home"})
+    orphan = Click("c2", 13.0, "u1", "i2", "m2")
+    # examples listed first: the router still handles items, then examples
+    routed = router.route({Partition("x", 1): records("x", 1, [example(click, exposure), example(orphan)],
+                                                      first_offset=40),
                            Partition("i", 0): records("i", 0, [item("i1", genres=["Drama"])],
                                                       key=b"i1")})
-    [positive] = routed.ingested.positives
-    assert (positive.click, positive.exposure) == (click, exposure)
+    joined, alone = routed.ingested.positives
+    assert (joined.click, joined.exposure) == (click, exposure)
+    assert (alone.click, alone.exposure) == (orphan, None)
     assert routed.ingested.entities == [EntityRecord("items", "i1", 1.0, {"genres": ["Drama"]})]
     assert routed.ingested.records == 3 and routed.dead_letters == []
-    assert routed.next_offsets == {Partition("c", 1): 41, Partition("e", 1): 8, Partition("i", 0): 1}
+    assert routed.next_offsets == {Partition("x", 1): 42, Partition("i", 0): 1}
     counters = router.counters()
-    assert (counters["exposures_seen"], counters["clicks_seen"], counters["entity_records"],
-            counters["joined"]) == (1, 1, 1, 1)
+    assert (counters["examples_seen"], counters["orphans"], counters["entity_records"]) == (2, 1, 1)
 
 
 def test_invalid_records_become_dead_letters_with_their_reason_and_are_passed():
     router = RecordRouter(KINDS)
-    good = Click("c1", 12.0, "u1", "i1", "m1").to_json()
-    routed = router.route({Partition("c", 0): records("c", 0, [b"{oops", good, b"[1]"])})
+    good = example(Click("c1", 12.0, "u1", "i1", "m1"))
+    no_user = b'{"event_id": "c9", "ts": 1, "item_id": "i", "impression_id": "m", "exposure": null}'
+    routed = router.route({Partition("x", 0): records("x", 0, [b"{oops", good, b"[1]", no_user])})
     assert [(r.offset, reason) for r, reason in routed.dead_letters] == \
-        [(0, "invalid_json"), (2, "not_an_object")]
-    assert routed.next_offsets == {Partition("c", 0): 3}  # past the bad ones too
-    assert routed.ingested.records == 3 and routed.ingested.positives == []  # the click waits
+        [(0, "invalid_json"), (2, "not_an_object"), (3, "missing_field:user_id")]
+    assert routed.next_offsets == {Partition("x", 0): 4}  # past the bad ones too
+    assert [p.click.event_id for p in routed.ingested.positives] == ["c1"]
     counters = router.counters()
-    assert counters["dead_lettered"] == {"invalid_json": 1, "not_an_object": 1}
-    assert (counters["dead_lettered_total"], counters["clicks_seen"], counters["waiting_clicks"]) \
-        == (2, 1, 1)
+    assert counters["dead_lettered"] == {"invalid_json": 1, "not_an_object": 1,
+                                         "missing_field:user_id": 1}
+    assert (counters["dead_lettered_total"], counters["examples_seen"]) == (3, 1)
+
+
+def test_a_router_refuses_kinds_it_cannot_route():
+    with pytest.raises(ValueError, match="exposures"):
+        RecordRouter({"e": "exposures"})
 
 
 def test_tombstones_are_reported_in_order_with_records():
@@ -65,16 +78,15 @@ def test_tombstones_are_reported_in_order_with_records():
     assert (router.counters()["entity_records"], router.counters()["tombstones"]) == (1, 1)
 
 
-def test_restored_router_keeps_waiting_clicks_and_counters():
+def test_restored_router_keeps_its_counters():
     router = RecordRouter(KINDS)
-    router.route({Partition("c", 0): records("c", 0, [b"{oops",
-                                                      Click("c1", 12.0, "u1", "i1", "m1").to_json()])})
+    router.route({Partition("x", 0): records("x", 0, [b"{oops", example(Click("c1", 12.0, "u1", "i1", "m1"))])})
     restored = RecordRouter(KINDS)
     restored.load_state_dict(orjson.loads(orjson.dumps(router.state_dict())))  # as a checkpoint
     assert restored.counters() == router.counters()
-    routed = restored.route({Partition("e", 0): records(
-        "e", 0, [Exposure("e1", 10.0, "u1", "i1", "m1", 0).to_json()])})
-    assert [p.click.event_id for p in routed.ingested.positives] == ["c1"]
+    restored.route({Partition("x", 0): records("x", 0, [example(Click("c2", 13.0, "u1", "i1", "m1"))],
+                                               first_offset=2)})
+    assert restored.counters()["examples_seen"] == 2
 
 
 def test_entity_tables_apply_changes_in_order_and_report_the_final_catalog():

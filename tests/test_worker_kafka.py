@@ -1,7 +1,9 @@
 """The online worker against a real broker: exactly-once training, crash recovery, one owner.
 
 The stream is the first 20,000 MovieLens-100K clicks (in time order) with their
-simulated exposures, replayed once per test module into fresh topics.
+simulated exposures, replayed once per test module into fresh topics and joined
+into training examples by the joiner job; poison records are then written to the
+examples topic itself, for the worker to dead-letter.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from recallstream.model.vector_index import VectorIndex
 from recallstream.streaming.kafka_io import read_topic
 from recallstream.streaming.movielens import load_movielens
 
+from conftest import after_last_record, join_examples
+
 CLICKS = 20_000
 BATCH = 500  # divides CLICKS: no partial batch whose flush time could differ between runs
-# Poison mixed into the stream: each must be dead-lettered, none may stop the worker.
+# Poison in the examples topic: each must be dead-lettered, none may stop the worker.
 POISON = [b"{not json", b'{"event_id": "x", "ts": NaN}', b"[1, 2, 3]", b"",
           b'{"event_id": "p", "ts": 1.0, "user_id": "", "item_id": "1", "impression_id": "i"}',
           b'{"event_id": "p", "ts": "yesterday", "user_id": "1", "item_id": "1", "impression_id": "i"}',
@@ -51,14 +55,17 @@ def stream(kafka_settings, tmp_path_factory):
 
 
 def _replayed(settings):
-    """Publish the first CLICKS ratings, then the POISON clicks, to ``settings``' topics."""
+    """Publish the first CLICKS ratings, join them into examples, then add the POISON
+    records to the examples."""
     from recallstream.streaming.kafka_io import make_producer
 
     summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=CLICKS), settings, progress=False)
     assert (summary.clicks, summary.failed) == (CLICKS, 0)
+    joined = join_examples(settings)
+    assert (joined["examples"], joined["orphans"], joined["dead_lettered"]) == (CLICKS, 0, 0)
     producer = make_producer(settings)
     for n, value in enumerate(POISON):
-        producer.send(settings.topic_clicks, key=f"poison-{n}".encode(), value=value)
+        producer.send(settings.topic_examples, key=f"poison-{n}".encode(), value=value)
     producer.flush()
     producer.close()
     return settings
@@ -78,14 +85,15 @@ def test_worker_trains_every_click_once_and_fills_qdrant(stream, tmp_path):
 
     assert report["clicks_trained"] == CLICKS
     assert report["batches"] == CLICKS // BATCH
-    assert report["exposures_seen"] == 4 * CLICKS
+    assert (report["examples_seen"], report["orphans"]) == (CLICKS, 0)
     assert report["dead_lettered"] == len(POISON)
     dead = list(read_topic(settings, settings.topic_dead_letters))
     assert len(dead) == len(POISON) and all(orjson.loads(r.value)["reason"] for r in dead)
     assert index.count(settings.collection_items) == 1682
     summary = summarize(CheckpointStore(settings.checkpoint_dir).load_latest(), "")
     assert summary["clicks_trained"] == CLICKS
-    assert sum(summary["offsets"][settings.topic_clicks].values()) == CLICKS + len(POISON)
+    assert summary["offsets"][settings.topic_examples] == after_last_record(
+        settings, settings.topic_examples)
 
     # recall with nothing but a user id: Qdrant looks the user's vector up itself
     ml = load_movielens("ml-100k")
@@ -102,7 +110,7 @@ def test_worker_trains_every_click_once_and_fills_qdrant(stream, tmp_path):
 
 
 def worker_command(settings) -> list[str]:
-    flags = settings.flags("bootstrap_servers", "topic_exposures", "topic_clicks", "topic_items",
+    flags = settings.flags("bootstrap_servers", "topic_examples", "topic_items",
                            "topic_users", "topic_dead_letters", "consumer_group", "batch_size",
                            "batch_timeout_s", "checkpoint_every_s", "checkpoint_every_batches",
                            "checkpoint_dir", "metrics_port")

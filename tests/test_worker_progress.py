@@ -5,7 +5,7 @@ from recallstream.consumers.progress import print_progress
 
 
 def progress_line(capsys, **report):
-    fields = {"clicks_trained": 0, "batches": 0, "exposures_seen": 0, "dead_lettered": 0,
+    fields = {"clicks_trained": 0, "batches": 0, "examples_seen": 0, "dead_lettered": 0,
               "last_loss": float("nan"), **report}
     print_progress(fields)
     return capsys.readouterr().err
@@ -16,7 +16,7 @@ def test_before_the_first_batch_the_loss_is_a_dash(capsys):
 
 
 def test_after_a_batch_the_loss_has_three_decimals(capsys):
-    line = progress_line(capsys, clicks_trained=1024, batches=1, exposures_seen=4096,
+    line = progress_line(capsys, clicks_trained=1024, batches=1, examples_seen=4096,
                          last_loss=6.40213)
     assert line.startswith("\rworker:") and "1024 clicks trained" in line
     assert line.rstrip().endswith("loss 6.402")

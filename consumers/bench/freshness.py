@@ -2,7 +2,8 @@
 
 Setup: scratch topics with the MovieLens-100K catalog, profiles and the first
 ``--warmup`` clicks; a worker (default settings, embedded Qdrant) runs in a
-thread of this process and catches up. Background load: the next ratings are
+thread of this process and catches up, fed by one joiner (a child process, as
+``worker --with-joiner`` runs it). Background load: the next ratings are
 produced at ``--rate`` clicks/s (each with its exposures) while
 ``--probes`` probe clicks are sent, ``--interval`` seconds apart. A probe is a
 click, with its exposure, of a real user on a random catalog item, stamped
@@ -62,15 +63,17 @@ def run(args, settings) -> dict[str, Any]:
 
 
 def _one_run(args, settings, dataset, seed: int) -> list[float | None]:
+    from recallstream.consumers.joiner_process import JoinerProcess
     from recallstream.consumers.replay import ReplayPlan, publish
     from recallstream.consumers.worker import Worker, WorkerOptions
     from recallstream.model.vector_index import VectorIndex
 
     publish(ReplayPlan(dataset, limit=args.warmup), settings, progress=False)
     index = VectorIndex.connect(":memory:")
+    joiner = JoinerProcess(settings)
     with tempfile.TemporaryDirectory(prefix="bench-freshness-ckpt-") as folder:
         worker = Worker(dataclasses.replace(settings, checkpoint_dir=folder), WorkerOptions(),
-                        index=index)
+                        index=index, upstream=joiner)
         thread = threading.Thread(target=worker.run, name="worker", daemon=True)
         thread.start()
         if _wait_until(lambda: worker.counters["clicks_trained"] >= args.warmup,
@@ -87,6 +90,7 @@ def _one_run(args, settings, dataset, seed: int) -> list[float | None]:
             background.join()
             worker.stop.set()
             thread.join()
+            joiner.stop()
             index.close()
 
 

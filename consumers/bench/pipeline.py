@@ -1,18 +1,22 @@
-"""Pipeline throughput: events/s through the whole worker against the bare train step.
+"""Pipeline throughput: events/s from the producer's topics through the joiner and the
+worker to Qdrant, against the bare train step.
 
-Setup (once): the first ``--limit`` MovieLens-100K clicks with their simulated
-exposures are replayed into scratch topics (on the configured broker, or the
-local one started for the benchmark).
+Each run replays the first ``--limit`` MovieLens-100K clicks, each with
+``--exposures-per-click`` exposures (the clicked item's and others), into fresh
+scratch topics (not timed), then measures, side by side on the same machine load:
 
-Each run measures, side by side on the same machine load:
-
-- **pipeline**: a fresh worker (new checkpoint folder, embedded Qdrant) reads
-  the topics from the beginning: fetch, decode, align, join, minibatch,
-  popularity estimate, prequential scoring, train step, item and user vectors
-  to Qdrant, checkpoints. Timed from the start of its loop to its last batch
-  (start-up, i.e. imports and the first catalog embedding, is excluded).
-  ``pipeline_events_per_s`` counts every record consumed (exposures, clicks,
-  catalog and profile records); ``pipeline_clicks_per_s`` the clicks trained.
+- **pipeline**: a fresh worker (new checkpoint folder, embedded Qdrant) starts
+  in this process; once its loop runs, one joiner starts as a child process
+  (``recallstream joiner``: its own process and GIL, as in production). The
+  joiner reads exposures and clicks and writes one example per click, in Kafka
+  transactions; the worker reads the examples (``read_committed``) and the
+  catalog: decode, align, minibatch, popularity estimate, prequential scoring,
+  train step, item and user vectors to Qdrant, checkpoints. Timed from the
+  joiner's start to the worker's last batch. ``pipeline_events_per_s`` counts
+  the exposures and clicks produced; ``pipeline_clicks_per_s`` the clicks
+  trained; ``joiner_records_per_s`` the joiner's input records over its active
+  time (first poll with records to last commit) and ``joiner_us_per_record``
+  its own Python work per input record (decode, join, encode).
 - **bare step**: the same model (``OnlineLearner``) with the same batch size,
   fed the same clicks from memory: only ``train_batch`` (its popularity
   estimate and one optimizer step).
@@ -27,55 +31,105 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from typing import Any
 
-from recallstream.consumers.usage import positive_int
+from recallstream.consumers.usage import CommandError, positive_int
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--limit", type=positive_int, default=20_000,
-                        help="clicks replayed for the runs")
+                        help="clicks replayed for each run")
+    parser.add_argument("--exposures-per-click", type=positive_int, default=4,
+                        help="exposures per click, the clicked item's included (default: 4)")
 
 
 def run(args, settings) -> dict[str, Any]:
     import torch
 
     from recallstream.consumers.local_kafka import running_broker
-    from recallstream.consumers.replay import ReplayPlan, publish
-    from recallstream.streaming.kafka_io import scratch_topics
+    from recallstream.consumers.replay import ReplayPlan
     from recallstream.streaming.movielens import load_movielens
 
     dataset = load_movielens("ml-100k")
-    plan = ReplayPlan(dataset, limit=args.limit)
+    plan = ReplayPlan(dataset, limit=args.limit, exposures_per_click=args.exposures_per_click - 1)
     settings = dataclasses.replace(settings, metrics_port=0, qdrant=":memory:")
-    run_id = f"bench-pipeline-{uuid.uuid4().hex[:8]}"
     pipeline, bare = [], []
-    with running_broker(settings) as settings, scratch_topics(settings, run_id) as settings:
-        publish(plan, settings, progress=False)
+    with running_broker(settings) as settings:
         for _ in range(args.runs):  # interleaved, so both see the same load
-            pipeline.append(_pipeline_run(settings))
+            pipeline.append(_pipeline_run(settings, plan))
             bare.append(_bare_step_rate(settings, dataset, plan))
-    events = statistics.median(events for events, _ in pipeline)
-    clicks = statistics.median(clicks for _, clicks in pipeline)
+    events = plan.num_clicks + plan.num_exposures
+    seconds = statistics.median(run["seconds"] for run in pipeline)
+    clicks = statistics.median(run["clicks_trained"] / run["seconds"] for run in pipeline)
     samples = statistics.median(bare)
-    return {"pipeline_events_per_s": round(events), "pipeline_clicks_per_s": round(clicks),
+    return {"pipeline_events_per_s": round(events / seconds),
+            "pipeline_clicks_per_s": round(clicks),
+            "joiner_records_per_s": round(statistics.median(run["joiner_records_per_s"]
+                                                            for run in pipeline)),
+            "joiner_us_per_record": statistics.median(run["joiner_us_per_record"]
+                                                      for run in pipeline),
             "bare_step_samples_per_s": round(samples), "ratio": round(clicks / samples, 3),
-            "batch_size": settings.batch_size, "clicks": plan.num_clicks,
-            "events": plan.num_clicks + plan.num_exposures, "runs": args.runs,
+            "batch_size": settings.batch_size, "clicks": plan.num_clicks, "events": events,
+            "exposures_per_click": args.exposures_per_click, "runs": args.runs,
             "torch_threads": torch.get_num_threads()}
 
 
-def _pipeline_run(settings) -> tuple[float, float]:
+def _pipeline_run(settings, plan) -> dict[str, float]:
+    from recallstream.consumers.replay import publish
     from recallstream.consumers.worker import Worker, WorkerOptions
+    from recallstream.streaming.kafka_io import scratch_topics
 
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-ckpt-") as folder:
-        worker = Worker(dataclasses.replace(settings, checkpoint_dir=folder),
-                        WorkerOptions(exit_when_idle_s=2.0))
-        report = worker.run()
-    seconds = worker.timing["last_batch"] - worker.timing["loop_started"]
-    return worker.timing["records"] / seconds, report["clicks_trained"] / seconds
+    with scratch_topics(settings, f"bench-pipeline-{uuid.uuid4().hex[:8]}") as topics, \
+            tempfile.TemporaryDirectory(prefix="bench-pipeline-ckpt-") as folder:
+        publish(plan, topics, progress=False)
+        upstream = _JoinerStartedLater()
+        worker = Worker(dataclasses.replace(topics, checkpoint_dir=folder),
+                        WorkerOptions(exit_when_idle_s=2.0), upstream=upstream)
+        thread = threading.Thread(target=worker.run, name="bench-worker")
+        thread.start()
+        try:
+            while worker.timing["loop_started"] is None and thread.is_alive():
+                time.sleep(0.01)
+            started = time.monotonic()
+            upstream.start(topics)
+            thread.join()
+        finally:
+            worker.stop.set()
+            thread.join()
+            joined = upstream.stop()
+    if worker.counters["clicks_trained"] != plan.num_clicks or not joined:
+        raise CommandError(f"{plan.num_clicks} clicks replayed, {worker.counters['clicks_trained']} "
+                           f"trained; joiner report: {joined}")
+    return {"seconds": worker.timing["last_batch"] - started,
+            "clicks_trained": worker.counters["clicks_trained"],
+            "joiner_records_per_s": joined["records"] / joined["active_s"],
+            "joiner_us_per_record": joined["us_per_record"]}
+
+
+class _JoinerStartedLater:
+    """The worker's upstream joiner, started once the worker's loop runs (its start-up,
+    imports and the first catalog embedding, is not what the benchmark measures)."""
+
+    def __init__(self) -> None:
+        self._process = None
+
+    def start(self, settings) -> None:
+        from recallstream.consumers.joiner_process import JoinerProcess
+
+        self._process = JoinerProcess(settings, exit_when_idle_s=1.0)
+
+    def check(self) -> None:
+        if self._process is not None:
+            self._process.check()
+
+    def finished(self) -> bool:
+        return self._process is not None and self._process.finished()
+
+    def stop(self):
+        return self._process.stop() if self._process is not None else None
 
 
 def _bare_step_rate(settings, dataset, plan) -> float:
