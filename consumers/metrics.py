@@ -45,6 +45,10 @@ QDRANT_POINTS = Counter("recallstream_qdrant_points_written_total", "Points writ
                         ["collection"])
 QDRANT_FAILURES = Counter("recallstream_qdrant_write_failures_total", "Qdrant writes that failed",
                           ["collection"])
+QDRANT_REJECTED = Counter(
+    "recallstream_qdrant_points_rejected_total",
+    "Vectors dropped instead of written: non_finite (NaN or infinity), refused (by Qdrant)",
+    ["collection", "reason"])
 FRESHNESS_SECONDS = Histogram(
     "recallstream_freshness_seconds",
     "From the trainer taking a click in to its item's new vector written to Qdrant",
@@ -159,6 +163,17 @@ def observe_qdrant_write(collection: str, points: int, seconds: float, ok: bool)
         QDRANT_POINTS.labels(collection).inc(points)
     else:
         QDRANT_FAILURES.labels(collection).inc()
+
+
+def observe_qdrant_rejected(kind: str, points: int, reason: str) -> None:
+    """``points`` vectors of ``kind`` (item or user) dropped for ``reason`` (non_finite, refused).
+
+    >>> before = QDRANT_REJECTED.labels("items", "non_finite")._value.get()
+    >>> observe_qdrant_rejected("item", 2, "non_finite")
+    >>> QDRANT_REJECTED.labels("items", "non_finite")._value.get() - before
+    2.0
+    """
+    QDRANT_REJECTED.labels("items" if kind == "item" else "users", reason).inc(points)
 
 
 def observe_freshness(seconds: float) -> None:
