@@ -262,7 +262,7 @@ class IndexSync:
                     continue
                 self._put_back(kind, retry)
                 log.warning("Qdrant write of %d points failed (%s); retrying in %.1f s",
-                            len(retry), error, backoff)
+                            len(retry), str(error)[:300], backoff)
                 with self._lock:
                     if self._closed and self._stalled:
                         return  # closing after a drain gave up: nobody waits for these
