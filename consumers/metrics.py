@@ -99,6 +99,9 @@ for _outcome in ("matched", "orphaned"):
     JOINS.labels(_outcome)
 for _topic in ("exposures", "clicks", "entities", "tombstones"):
     RECORDS.labels(_topic)
+for _collection in ("items", "users"):
+    for _reason in ("non_finite", "refused"):
+        QDRANT_REJECTED.labels(_collection, _reason)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

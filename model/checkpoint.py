@@ -11,7 +11,10 @@ The framing above never changes; ``format_version`` describes the payload.
 The payload holds torch tensors, numpy arrays (stored as ``.npy`` bytes, written
 and read with ``allow_pickle=False``) and plain containers of numbers and
 strings, and is read with ``torch.load(weights_only=True)``: loading a
-checkpoint never executes code from it.
+checkpoint never executes code from it. A payload that would (a pickled global
+other than tensors and containers, an object array) is refused with
+:class:`UnsafeCheckpoint`, a :class:`CorruptCheckpoint` that
+:meth:`CheckpointStore.load_latest` skips, with a warning, for the previous one.
 
 Crash safety: :meth:`CheckpointStore.save` writes a temporary file in the same
 directory, fsyncs it, renames it over its final name with ``os.replace`` (atomic)
