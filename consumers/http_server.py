@@ -16,8 +16,14 @@ no model is attached or the index cannot answer. Errors are JSON
 
 Defences against slow or hostile clients: request line at most
 :data:`MAX_REQUEST_LINE` bytes (414), headers at most :data:`MAX_HEADER_BYTES`
-in all (431), a socket timeout of :data:`SOCKET_TIMEOUT_S`. It binds
-127.0.0.1 unless told otherwise (setting ``http_host``).
+in all (431), a socket timeout of :data:`SOCKET_TIMEOUT_S` between two reads and
+a deadline of :data:`REQUEST_HEAD_TIMEOUT_S` for the whole request line and
+headers (a client that trickles a byte at a time is cut off too); each
+connection has its own thread, so a stalled client delays nobody else. It binds
+127.0.0.1 unless told otherwise (setting ``http_host``). Error answers and log
+lines never carry an exception's text from the index (it may hold a server's
+answer or a payload): a 503 says only that the endpoint cannot answer, and the
+log names the exception's type.
 
 Examples
 --------
@@ -31,8 +37,10 @@ recallstream.consumers.http_server.BadRequest: k must be an integer in 1..1000, 
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -45,6 +53,7 @@ log = logging.getLogger("recallstream.http")
 MAX_REQUEST_LINE = 8192
 MAX_HEADER_BYTES = 16384
 SOCKET_TIMEOUT_S = 10.0
+REQUEST_HEAD_TIMEOUT_S = 10.0  # the request line and every header, from the first wait on
 MAX_VALUE_CHARS = 256  # user ids and categories
 MAX_CATEGORIES = 20
 DEFAULT_K = 10
@@ -99,11 +108,49 @@ class RecallHTTPServer(ThreadingHTTPServer):
         self.recaller = None
 
 
+class _HeadDeadline(io.RawIOBase):
+    """The connection's reading side, with a deadline for the request head: each read waits
+    at most the handler's socket timeout and never past the deadline (TimeoutError)."""
+
+    def __init__(self, handler: "Handler") -> None:
+        super().__init__()
+        self.handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        handler = self.handler
+        remaining = handler.head_deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request head not complete in time")
+        handler.connection.settimeout(min(remaining, handler.timeout))
+        return handler.connection.recv_into(buffer)
+
+
 class Handler(BaseHTTPRequestHandler):
+    """One connection of the endpoint (see the module docstring); one thread each.
+
+    Examples
+    --------
+    >>> Handler.timeout == SOCKET_TIMEOUT_S, Handler.head_timeout_s == REQUEST_HEAD_TIMEOUT_S
+    (True, True)
+    """
+
     server: RecallHTTPServer
     timeout = SOCKET_TIMEOUT_S
+    head_timeout_s = REQUEST_HEAD_TIMEOUT_S
+    head_deadline = float("inf")
     protocol_version = "HTTP/1.1"
     server_version = "recallstream"
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = io.BufferedReader(_HeadDeadline(self))
+
+    def handle_one_request(self) -> None:
+        self.head_deadline = time.monotonic() + self.head_timeout_s
+        super().handle_one_request()
 
     def parse_request(self) -> bool:
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
@@ -113,6 +160,7 @@ class Handler(BaseHTTPRequestHandler):
             return False
         if not super().parse_request():
             return False
+        self.connection.settimeout(self.timeout)  # the head is in: answering has its own timeout
         if sum(len(k) + len(v) for k, v in self.headers.items()) > MAX_HEADER_BYTES:
             self.send_error(431, "Request Header Fields Too Large")
             return False
@@ -127,8 +175,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._recall(query)
             else:
                 self._json(404, {"error": f"no such path; try /recall or /metrics"})
-        except Exception:  # never a 500: the index or the model is not in a state to answer
-            log.exception("while answering %r", self.path[:200])
+        except Exception as error:  # never a 500: the index or the model cannot answer now
+            # the type only: the text of an index error may quote a server answer or a payload
+            log.warning("GET %s answered 503: %s", self.path.partition("?")[0][:100],
+                        type(error).__name__)
             self._json(503, {"error": "temporarily unable to answer"})
 
     def _metrics(self) -> None:

@@ -8,7 +8,9 @@ model, so nothing here affects training or its evaluation.
 - **Items** go to the items collection, point id uuid5 of the item id, with
   the payload ``model_version`` (batches trained), ``updated_at`` (wall time),
   ``last_click_ts`` (event time of the newest click on the item trained so
-  far, so a reader sees how fresh the vector is) and ``categories``; written
+  far, so a reader sees how fresh the vector is) and ``categories`` (the item's
+  ``genres``, read by :func:`~recallstream.streaming.entity_tables.categories`: a
+  string is one category); written
   for the clicked items of each batch, for every new catalog item as soon as its
   record arrives (its content features make it retrievable before its first
   click), for the whole catalog every ``reembed_every_batches`` batches (the
@@ -45,7 +47,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from recallstream.model.index_sync import IndexSync
-from recallstream.streaming.entity_tables import CatalogChanges, EntityTables
+from recallstream.streaming.entity_tables import CatalogChanges, EntityTables, categories
 
 
 class IndexPublisher:
@@ -123,7 +125,7 @@ class IndexPublisher:
         now = time.time()
         payloads = [{"model_version": version, "updated_at": now,
                      "last_click_ts": self.item_last_click.get(item_id),
-                     "categories": list(catalog[item_id].get("genres") or []),
+                     "categories": categories(catalog[item_id].get("genres")),
                      **({"title": catalog[item_id]["title"]} if catalog[item_id].get("title") else {})}
                     for item_id in known]
         self.sync.put_items(known, vectors, payloads)

@@ -45,6 +45,10 @@ QDRANT_POINTS = Counter("recallstream_qdrant_points_written_total", "Points writ
                         ["collection"])
 QDRANT_FAILURES = Counter("recallstream_qdrant_write_failures_total", "Qdrant writes that failed",
                           ["collection"])
+QDRANT_REJECTED = Counter(
+    "recallstream_qdrant_points_rejected_total",
+    "Vectors dropped instead of written: non_finite (NaN or infinity), refused (by Qdrant)",
+    ["collection", "reason"])
 FRESHNESS_SECONDS = Histogram(
     "recallstream_freshness_seconds",
     "From the trainer taking a click in to its item's new vector written to Qdrant",
@@ -95,6 +99,9 @@ for _outcome in ("matched", "orphaned"):
     JOINS.labels(_outcome)
 for _topic in ("exposures", "clicks", "entities", "tombstones"):
     RECORDS.labels(_topic)
+for _collection in ("items", "users"):
+    for _reason in ("non_finite", "refused"):
+        QDRANT_REJECTED.labels(_collection, _reason)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
@@ -159,6 +166,17 @@ def observe_qdrant_write(collection: str, points: int, seconds: float, ok: bool)
         QDRANT_POINTS.labels(collection).inc(points)
     else:
         QDRANT_FAILURES.labels(collection).inc()
+
+
+def observe_qdrant_rejected(kind: str, points: int, reason: str) -> None:
+    """``points`` vectors of ``kind`` (item or user) dropped for ``reason`` (non_finite, refused).
+
+    >>> before = QDRANT_REJECTED.labels("items", "non_finite")._value.get()
+    >>> observe_qdrant_rejected("item", 2, "non_finite")
+    >>> QDRANT_REJECTED.labels("items", "non_finite")._value.get() - before
+    2.0
+    """
+    QDRANT_REJECTED.labels("items" if kind == "item" else "users", reason).inc(points)
 
 
 def observe_freshness(seconds: float) -> None:

@@ -123,6 +123,7 @@ class StreamTrainer:
         self.timing = {"last_batch": None, "records": 0}
         self.watch = TrainingWatch(monitor.k)
         publisher.sync.on_write = self.watch.written
+        publisher.sync.on_reject = metrics.observe_qdrant_rejected
 
     def consume(self, ingested: Ingested) -> None:
         """Apply one poll's result: catalog changes first, then its clicks (in order)."""

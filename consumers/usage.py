@@ -23,6 +23,8 @@ EXIT_STATUSES = {
     2: "bad arguments, or no Kafka broker answers within 10 s",
     3: "worker: another worker holds the checkpoint directory",
     4: "worker: ingestion stalled (restart it: it resumes from its checkpoint)",
+    5: "worker: Qdrant did not take the pending vectors within --qdrant-drain-timeout-s "
+       "(restart it: it resumes from its checkpoint)",
 }
 
 

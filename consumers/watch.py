@@ -17,6 +17,7 @@ from typing import Sequence
 from recallstream.consumers import metrics
 from recallstream.model.drift import DriftMonitor
 from recallstream.model.health import batch_health, popularity_health
+from recallstream.streaming.entity_tables import categories
 
 
 def age_bucket(age) -> str:
@@ -81,7 +82,7 @@ class TrainingWatch:
                 fired += drift.update(signal, [health[signal]])
         fired += drift.observe_inputs("item_popularity", item_ids)
         fired += drift.observe_inputs("item_genres", [genre for item in item_ids
-                                                      for genre in (catalog.get(item) or {}).get("genres") or ()])
+                                                      for genre in categories((catalog.get(item) or {}).get("genres"))])
         fired += drift.observe_inputs("user_age", [age_bucket((tables.users.get(click[0]) or {}).get("age"))
                                                    for click in batch])
         metrics.observe_drift(fired, drift.statistic)

@@ -4,9 +4,11 @@ The worker trains on the ``examples`` topic that ``recallstream joiner`` fills;
 ``--with-joiner`` runs one joiner as a child process of the worker (small
 deployments, the demo).
 
-Exit statuses: 0 when done; 1 when the ``--with-joiner`` joiner failed; 2 without a broker (or bad arguments); 3 when another
-worker owns the checkpoint directory; 4 when a Kafka poll never returned (restart
-it: it resumes from its last checkpoint).
+Exit statuses: 0 when done; 1 when the ``--with-joiner`` joiner failed; 2 without a
+broker (or bad arguments); 3 when another worker owns the checkpoint directory; 4 when
+a Kafka poll never returned; 5 when Qdrant did not take the pending vectors within
+``qdrant_drain_timeout_s`` before a checkpoint (4 and 5: restart it, it resumes from
+its last checkpoint).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ class IngestionStalled(CommandError):
     status = 4
 
 
+class IndexStalled(CommandError):
+    """Qdrant did not take the pending vectors before a checkpoint's deadline (exit status 5):
+    restart, the checkpoint resumes it (offsets never went past the vectors not written)."""
+
+    status = 5
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "worker", parents=[subparsers.settings_parent],
@@ -50,9 +59,11 @@ def add_parser(subparsers) -> None:
 
 def run(args, settings: Settings) -> int:
     """The command: 0 when done; without a broker (status 2), with the model owned by
-    another worker (3) or with stalled ingestion (4), a :class:`CommandError`."""
+    another worker (3), with stalled ingestion (4) or a stalled Qdrant (5), a
+    :class:`CommandError`."""
     from recallstream.consumers.cli import print_report
     from recallstream.model.checkpoint import CheckpointLocked
+    from recallstream.model.index_sync import StalledIndex
     from recallstream.streaming.prefetch import StalledIngestion
 
     require_broker(settings)
@@ -68,6 +79,8 @@ def run(args, settings: Settings) -> int:
         raise ModelOwned(str(error)) from error
     except StalledIngestion as error:
         raise IngestionStalled(f"{error}; restart it: it resumes from its last checkpoint") from error
+    except StalledIndex as error:
+        raise IndexStalled(f"{error}; restart it: it resumes from its last checkpoint") from error
     finally:
         if joiner is not None:
             joined = joiner.stop()

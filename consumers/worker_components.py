@@ -49,7 +49,8 @@ def open_components(settings: Settings, index, recall_k: int, rolling_clicks: in
     tables = EntityTables()
     index = index or VectorIndex.connect(s.qdrant, s.qdrant_api_key or None)
     sync = IndexSync(index, items=s.collection_items, users=s.collection_users,
-                     dim=learner.dim, min_interval_s=s.qdrant_write_interval_s)
+                     dim=learner.dim, min_interval_s=s.qdrant_write_interval_s,
+                     drain_timeout_s=s.qdrant_drain_timeout_s)
     trainer = StreamTrainer(learner, tables, PrequentialMonitor(recall_k, rolling_clicks),
                             Minibatcher(s.batch_size, s.batch_timeout_s),
                             IndexPublisher(sync, learner, tables, s.reembed_every_batches))

@@ -11,7 +11,10 @@ The framing above never changes; ``format_version`` describes the payload.
 The payload holds torch tensors, numpy arrays (stored as ``.npy`` bytes, written
 and read with ``allow_pickle=False``) and plain containers of numbers and
 strings, and is read with ``torch.load(weights_only=True)``: loading a
-checkpoint never executes code from it.
+checkpoint never executes code from it. A payload that would (a pickled global
+other than tensors and containers, an object array) is refused with
+:class:`UnsafeCheckpoint`, a :class:`CorruptCheckpoint` that
+:meth:`CheckpointStore.load_latest` skips, with a warning, for the previous one.
 
 Crash safety: :meth:`CheckpointStore.save` writes a temporary file in the same
 directory, fsyncs it, renames it over its final name with ``os.replace`` (atomic)
@@ -34,6 +37,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import re
 import time
 from collections import OrderedDict
@@ -62,6 +66,13 @@ class CheckpointError(Exception):
 
 class CorruptCheckpoint(CheckpointError):
     """A checkpoint file fails its checks (torn, truncated or damaged)."""
+
+
+class UnsafeCheckpoint(CorruptCheckpoint):
+    """A checkpoint whose payload would run code or build arbitrary objects when loaded
+    (a pickled global other than tensors and plain containers, an object array): refused
+    without running anything, and skipped like a corrupt file by
+    :meth:`CheckpointStore.load_latest`."""
 
 
 class UnsupportedCheckpointVersion(CheckpointError):
@@ -224,8 +235,23 @@ def decode(data: bytes, source: str = "checkpoint") -> dict:
                                 f"{header['payload_bytes']} (truncated?)")
     if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
         raise CorruptCheckpoint(f"{source}: payload checksum mismatch")
-    stored = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    return _from_storable(stored)
+    try:
+        stored = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # weights_only refused a global: nothing ran
+        raise UnsafeCheckpoint(
+            f"{source}: refused to load: the payload holds objects other than tensors and "
+            f"plain containers, which could run code ({_first_line(error)})") from None
+    try:
+        return _from_storable(stored)
+    except ValueError as error:  # np.load(allow_pickle=False) of an object array
+        raise UnsafeCheckpoint(f"{source}: refused to load an array that needs pickle "
+                               f"({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
+                lines[0] if lines else type(error).__name__)[:200]
 
 
 def _to_storable(value: Any, where: str = "state") -> Any:

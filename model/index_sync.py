@@ -8,16 +8,27 @@ thread. Vectors handed over while the writer is busy are coalesced per id
 memory beyond one pending vector per id. Deletions of retired items go through
 the same queue, in order with the upserts of the same id.
 
-A failed write (Qdrant unavailable, beyond the retries of
-:class:`~recallstream.model.vector_index.VectorIndex`) is put back, unless a newer vector of
-the same id came in meanwhile, and tried again after a growing pause (up to
-``max_backoff_s``): training goes on, and nothing is dropped.
+Failures are of two kinds (:func:`is_retryable`):
+
+- **retryable** (Qdrant unavailable or timing out, beyond the retries of
+  :class:`~recallstream.model.vector_index.VectorIndex`): the write is put back, unless a
+  newer vector of the same id came in meanwhile, and tried again after a growing pause
+  (up to ``max_backoff_s``): training goes on, and nothing is dropped;
+- **permanent** (anything else, e.g. Qdrant refusing a point): the write is split into
+  one write per point, so that only the points Qdrant refuses are dropped. A vector with
+  a NaN or an infinity never reaches Qdrant: :meth:`IndexSync.put_items` and
+  :meth:`IndexSync.put_users` skip it (any older pending vector of that id stays).
+  Dropped points are reported to ``on_reject`` (the worker counts them in
+  ``recallstream_qdrant_points_rejected_total``) and logged once per kind and reason.
 
 Qdrant holds derived data only: every vector can be recomputed from the
 model. So the worker never checkpoints stream offsets past vectors that are
 lost: it calls :meth:`IndexSync.drain` before a checkpoint, which returns
 only once everything queued has reached Qdrant, and re-embeds the whole
-catalog after a restart.
+catalog after a restart. A drain has a deadline (``drain_timeout_s``, the
+setting ``qdrant_drain_timeout_s`` in the worker): past it, :class:`StalledIndex`
+says that Qdrant has not taken the writes, and the worker exits (status 5) for a
+supervisor to restart it from its last checkpoint.
 
 Examples
 --------
@@ -32,6 +43,9 @@ Examples
 ['a', 'b']
 >>> sync.delete_items(["a"]); sync.drain(); index.count("items")
 1
+>>> sync.put_items(["c"], np.array([[np.nan, 1.0]]), [{}])  # skipped: Qdrant refuses NaN
+>>> sync.drain(); index.count("items"), sync.rejected_points
+(1, 1)
 >>> sync.close()
 """
 
@@ -44,11 +58,40 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from recallstream.model.vector_index import VectorIndex
+from recallstream.model.vector_index import VectorIndex, is_unavailable
 
 log = logging.getLogger(__name__)
 
 _DELETE = None  # pending marker of a retired item
+
+#: Reasons of dropped points (the ``reason`` of ``on_reject``): a vector with a NaN or an
+#: infinity, and a point Qdrant refused with a permanent error.
+REJECT_REASONS = ("non_finite", "refused")
+
+
+class StalledIndex(TimeoutError):
+    """A drain did not finish within its deadline: Qdrant has not taken the queued writes.
+
+    Examples
+    --------
+    >>> raise StalledIndex("3 points still pending after 1.0 s")
+    Traceback (most recent call last):
+    ...
+    recallstream.model.index_sync.StalledIndex: 3 points still pending after 1.0 s
+    """
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a failed write is worth trying again: Qdrant away or timing out.
+
+    Everything else (Qdrant refusing the request, a bad vector) fails again the same way.
+
+    >>> is_retryable(ConnectionRefusedError()), is_retryable(TimeoutError())
+    (True, True)
+    >>> is_retryable(ValueError("vectors must be finite"))
+    False
+    """
+    return isinstance(error, (TimeoutError, OSError)) or is_unavailable(error)
 
 
 class IndexSync:
@@ -70,15 +113,30 @@ class IndexSync:
         coalesce, so a hot item is written once per interval instead of once per
         batch: embedded Qdrant spends Python time per point, which the trainer
         feels through the GIL. :meth:`drain` does not wait for the interval.
+    drain_timeout_s : float or None, default None
+        Deadline of :meth:`drain` (and of the drain in :meth:`close`) when it is not
+        given one: past it, :class:`StalledIndex`. None waits as long as it takes.
     sleep : callable, default time.sleep
         Waits out the pause after a failed write (tests pass one that records it).
+
+    Attributes
+    ----------
+    on_write : callable or None
+        Called by the writer thread after each write: ``(kind, ids, seconds, ok)``.
+    on_reject : callable or None
+        Called with ``(kind, count, reason)`` when points are dropped, ``reason`` one of
+        :data:`REJECT_REASONS`.
     """
 
     def __init__(self, index: VectorIndex, *, items: str, users: str, dim: int,
                  max_points_per_write: int = 2048, initial_backoff_s: float = 0.5,
                  max_backoff_s: float = 10.0, min_interval_s: float = 0.0,
+                 drain_timeout_s: float | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
+        if drain_timeout_s is not None and drain_timeout_s <= 0:
+            raise ValueError(f"drain_timeout_s must be > 0 or None, got {drain_timeout_s!r}")
         self.index = index
+        self.drain_timeout_s = drain_timeout_s
         self.items, self.users = items, users
         self.max_points_per_write = max_points_per_write
         self.initial_backoff_s, self.max_backoff_s = initial_backoff_s, max_backoff_s
@@ -93,9 +151,12 @@ class IndexSync:
         self._lock = threading.Condition()
         self._busy = False
         self._closed = False
+        self._stalled = False  # a drain gave up: close() does not wait again
         self.points_written = 0
-        # called by the writer thread after each write: (kind, ids, seconds, ok)
+        self.rejected_points = 0
+        self._logged_rejects: set[tuple[str, str]] = set()
         self.on_write: Callable[[str, list, float, bool], None] | None = None
+        self.on_reject: Callable[[str, int, str], None] | None = None
         self._thread = threading.Thread(target=self._run, name="index-sync", daemon=True)
         self._thread.start()
 
@@ -122,8 +183,12 @@ class IndexSync:
             return sum(len(p) for p in self._pending.values())
 
     def drain(self, timeout_s: float | None = None) -> None:
-        """Wait until everything queued so far is written (however long Qdrant is away,
-        unless ``timeout_s`` is given: then TimeoutError)."""
+        """Wait until everything queued so far is written or dropped as refused.
+
+        Waits up to ``timeout_s`` seconds (default ``drain_timeout_s``; None: however
+        long Qdrant is away), then raises :class:`StalledIndex`.
+        """
+        timeout_s = self.drain_timeout_s if timeout_s is None else timeout_s
         with self._lock:
             self._draining += 1
             self._lock.notify_all()
@@ -132,31 +197,45 @@ class IndexSync:
                     lambda: not self._busy and not any(self._pending.values()), timeout=timeout_s)
             finally:
                 self._draining -= 1
+            self._stalled = not done
             if not done:
-                raise TimeoutError(f"Qdrant writes still pending after {timeout_s} s "
-                                   f"({self.failed_writes} failed writes so far)")
+                pending = sum(len(p) for p in self._pending.values())
+                raise StalledIndex(f"Qdrant writes still pending after {timeout_s} s: "
+                                   f"{pending} points not written, {self.failed_writes} "
+                                   f"failed writes so far")
 
-    def close(self) -> None:
-        """Write what is pending and stop the writer thread."""
+    def close(self, join_timeout_s: float = 60.0) -> None:
+        """Write what is pending (unless a drain already gave up) and stop the writer
+        thread, waiting up to ``join_timeout_s`` for a write under way."""
         try:
-            self.drain()
+            if not self._stalled:
+                self.drain()
         finally:
             with self._lock:
                 self._closed = True
+                self._stalled = True  # the writer stops at its next failure
                 self._lock.notify_all()
-            self._thread.join()
+            self._thread.join(join_timeout_s)
+            if self._thread.is_alive():
+                log.warning("the Qdrant writer is still in a write after %.0f s; leaving it",
+                            join_timeout_s)
 
     def _put(self, kind: str, ids: Sequence[str], vectors: np.ndarray,
              payloads: Sequence[dict]) -> None:
         vectors = np.asarray(vectors, dtype=np.float32)
         if len(ids) != len(vectors) or len(ids) != len(payloads):
             raise ValueError(f"{len(ids)} ids, {len(vectors)} vectors, {len(payloads)} payloads")
+        finite = np.isfinite(vectors).reshape(len(vectors), -1).all(axis=1)
         with self._lock:
             pending = self._pending[kind]
-            for item_id, vector, payload in zip(ids, vectors, payloads):
-                pending.pop(item_id, None)  # re-insert: the newest write goes last
-                pending[item_id] = (vector, payload)
+            for item_id, vector, payload, ok in zip(ids, vectors, payloads, finite):
+                if ok:
+                    pending.pop(item_id, None)  # re-insert: the newest write goes last
+                    pending[item_id] = (vector, payload)
             self._lock.notify_all()
+        if not finite.all():
+            bad = [item_id for item_id, ok in zip(ids, finite) if not ok]
+            self._reject(kind, bad, "non_finite", "vectors with NaN or infinity")
 
     def _run(self) -> None:
         backoff = self.initial_backoff_s
@@ -177,18 +256,70 @@ class IndexSync:
                 self._write(kind, work)
             except Exception as error:
                 self._report(kind, work, started, ok=False)
-                self._put_back(kind, work)
+                retry = work if is_retryable(error) else self._write_one_by_one(kind, work, error)
+                if not retry:
+                    backoff = self.initial_backoff_s
+                    continue
+                self._put_back(kind, retry)
                 log.warning("Qdrant write of %d points failed (%s); retrying in %.1f s",
-                            len(work), error, backoff)
+                            len(retry), str(error)[:300], backoff)
+                with self._lock:
+                    if self._closed and self._stalled:
+                        return  # closing after a drain gave up: nobody waits for these
                 self._sleep(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
                 continue
             backoff = self.initial_backoff_s
             self._report(kind, work, started, ok=True)
+            self._done(len(work))
+
+    def _done(self, written: int) -> None:
+        with self._lock:
+            self._busy = False
+            self.points_written += written
+            self._lock.notify_all()
+
+    def _write_one_by_one(self, kind: str, work: list, error: Exception) -> list:
+        # A permanent error: find the points Qdrant refuses, drop them, write the others.
+        # Returns what failed with a retryable error meanwhile (to put back).
+        if len(work) == 1:
+            self._reject(kind, [work[0][0]], "refused", repr(error)[:300])
+            self._done(0)
+            return []
+        retry, written = [], 0
+        for entry in work:
+            started = time.monotonic()
+            try:
+                self._write(kind, [entry])
+            except Exception as single:
+                if is_retryable(single):
+                    retry.append(entry)
+                else:
+                    self._reject(kind, [entry[0]], "refused", repr(single)[:300])
+                continue
+            self._report(kind, [entry], started, ok=True)
+            written += 1
+        if not retry:
+            self._done(written)
+        else:
             with self._lock:
-                self._busy = False
-                self.points_written += len(work)
-                self._lock.notify_all()
+                self.points_written += written
+        return retry
+
+    def _reject(self, kind: str, ids: list, reason: str, detail: str) -> None:
+        with self._lock:
+            self.rejected_points += len(ids)
+            first = (kind, reason) not in self._logged_rejects
+            self._logged_rejects.add((kind, reason))
+        if first:  # once per kind and reason: the counter tells how many followed
+            log.warning("dropping %d %s vector(s) Qdrant cannot take (%s: %s), e.g. id %r; "
+                        "further ones are only counted", len(ids), kind, reason, detail,
+                        str(ids[0])[:100])
+        if self.on_reject is not None:
+            try:
+                self.on_reject(kind, len(ids), reason)
+            except Exception as error:  # metrics must never stop the writer
+                log.warning("on_reject hook failed: %s", error)
 
     def _report(self, kind: str, work: list, started: float, ok: bool) -> None:
         if self.on_write is not None:

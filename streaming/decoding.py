@@ -10,6 +10,14 @@ Rules (schemas in issue 2):
 
 - a record (key + value) over 1 MiB is ``too_large``; the value must be a UTF-8
   JSON object (``invalid_json``, ``not_an_object``);
+- structure limits, checked next, in this order (each a reason of its own):
+  at most :data:`MAX_FIELDS` fields in the record (``too_many_fields``); an item's or
+  user's ``features`` object at most :data:`MAX_FEATURES` features
+  (``too_many_features``); then, walking every nested value depth first in field
+  order, containers at most :data:`MAX_DEPTH` deep counting the record itself
+  (``too_deep``), lists of at most :data:`MAX_LIST_ITEMS` elements
+  (``list_too_long``) and nested objects of at most :data:`MAX_OBJECT_KEYS` keys
+  (``too_many_keys``);
 - ids are strings or integers (normalised to ``str``; booleans are rejected),
   1 to 256 characters (``invalid_id:<field>``);
 - ``ts`` is an int or a finite float, epoch seconds (``non_finite:ts``);
@@ -62,6 +70,16 @@ from recallstream.streaming.joiner import Positive
 MAX_RECORD_BYTES = 1 << 20
 #: Longest valid id, in characters.
 MAX_ID_CHARS = 256
+#: Most fields in a record (known and unknown ones).
+MAX_FIELDS = 64
+#: Most features in an item's or user's ``features`` object.
+MAX_FEATURES = 256
+#: Deepest nesting of objects and lists, the record itself being depth 1.
+MAX_DEPTH = 8
+#: Longest list anywhere in a record (genres, title tokens, context lists).
+MAX_LIST_ITEMS = 1024
+#: Most keys of an object nested in a record (``context``, a feature's value, ...).
+MAX_OBJECT_KEYS = 256
 #: The record kinds, one per topic role.
 KINDS = ("exposures", "clicks", "items", "users", "examples")
 
@@ -95,7 +113,8 @@ _INVALID_ID = {name: f"invalid_id:{name}" for name in _ID_FIELDS}
 #: Every reason :func:`decode` can return (bounded, so it can label a metric).
 REASONS = frozenset(
     ["too_large", "invalid_json", "not_an_object", "null_value", "missing_key", "invalid_key",
-     "key_mismatch", "non_finite:ts", "out_of_range:position", "decoder_error"]
+     "key_mismatch", "non_finite:ts", "out_of_range:position", "decoder_error",
+     "too_many_fields", "too_many_features", "too_deep", "list_too_long", "too_many_keys"]
     + list(_MISSING.values()) + list(_WRONG_TYPE.values()) + list(_INVALID_ID.values()))
 
 
@@ -144,7 +163,7 @@ def decode(kind: str, key: bytes | None, value: bytes | None) -> Decoded:
 
 
 def _decode_exposure(kind: str, key: bytes | None, value: bytes | None) -> Exposure:
-    obj = _load_object(key, value)
+    obj = _load_object(key, value, entity=False)
     event = Exposure(_id(obj, "event_id"), _ts(obj), _id(obj, "user_id"), _id(obj, "item_id"),
                      _id(obj, "impression_id"), _position(obj), _optional_object(obj, "context"))
     if len(obj) != 5 + ("position" in obj) + ("context" in obj):
@@ -153,7 +172,7 @@ def _decode_exposure(kind: str, key: bytes | None, value: bytes | None) -> Expos
 
 
 def _decode_click(kind: str, key: bytes | None, value: bytes | None) -> Click:
-    obj = _load_object(key, value)
+    obj = _load_object(key, value, entity=False)
     event = Click(_id(obj, "event_id"), _ts(obj), _id(obj, "user_id"), _id(obj, "item_id"),
                   _id(obj, "impression_id"))
     if len(obj) != 5:
@@ -180,7 +199,7 @@ def _decode_entity(kind: str, key: bytes | None, value: bytes | None) -> EntityR
     entity_id = _entity_key(key)
     if value is None:
         return Tombstone(kind, entity_id)
-    obj = _load_object(key, value)
+    obj = _load_object(key, value, entity=True)
     id_field = ENTITY_ID_FIELD[kind]
     if _id(obj, id_field) != entity_id:
         raise _Rejected("key_mismatch")
@@ -202,7 +221,7 @@ _DECODERS: dict[str, Callable[[str, bytes | None, bytes | None], Decoded]] = {
 }
 
 
-def _load_object(key: bytes | None, value: bytes | None) -> dict[str, Any]:
+def _load_object(key: bytes | None, value: bytes | None, entity: bool) -> dict[str, Any]:
     if value is None:
         raise _Rejected("null_value")
     if len(value) + (len(key) if key is not None else 0) > MAX_RECORD_BYTES:
@@ -213,7 +232,34 @@ def _load_object(key: bytes | None, value: bytes | None) -> dict[str, Any]:
         raise _Rejected("invalid_json") from None
     if obj.__class__ is not dict:
         raise _Rejected("not_an_object")
+    if len(obj) > MAX_FIELDS:
+        raise _Rejected("too_many_fields")
+    if entity:
+        features = obj.get("features")
+        if features.__class__ is dict and len(features) > MAX_FEATURES:
+            raise _Rejected("too_many_features")
+    for field in obj.values():
+        if field.__class__ is dict or field.__class__ is list:
+            _check_nested(field, 2)
     return obj
+
+
+def _check_nested(value: dict | list, depth: int) -> None:
+    # Depth first, in order; `depth` counts the record as 1. Bounded by MAX_DEPTH, so the
+    # recursion is too (and orjson has already refused anything nested beyond 1024).
+    if depth > MAX_DEPTH:
+        raise _Rejected("too_deep")
+    if value.__class__ is list:
+        if len(value) > MAX_LIST_ITEMS:
+            raise _Rejected("list_too_long")
+        items = value
+    else:
+        if len(value) > MAX_OBJECT_KEYS:
+            raise _Rejected("too_many_keys")
+        items = value.values()
+    for item in items:
+        if item.__class__ is dict or item.__class__ is list:
+            _check_nested(item, depth + 1)
 
 
 def _entity_key(key: bytes | None) -> str:

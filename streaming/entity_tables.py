@@ -31,6 +31,29 @@ from typing import Any
 from recallstream.streaming.events import EntityRecord, Tombstone
 
 
+def categories(value: Any) -> list[str]:
+    """A multi-valued categorical feature (an item's ``genres``) as a list of strings.
+
+    Producers send one category as a string or several as a list: a string is one
+    category (never its characters), a list keeps its string and number elements
+    (numbers as strings) in order and drops the others (null, booleans, objects,
+    nested lists); a lone number is one category; anything else is none.
+
+    >>> categories("Drama"), categories(["Drama", "Comedy"]), categories(None)
+    (['Drama'], ['Drama', 'Comedy'], [])
+    >>> categories(["Drama", 7, None, True, {"x": 1}, ["y"], ""]), categories(1995), categories({})
+    (['Drama', '7'], ['1995'], [])
+    """
+    if value.__class__ is str:
+        return [value] if value else []
+    if isinstance(value, (list, tuple)):
+        return [item if item.__class__ is str else str(item) for item in value
+                if (item.__class__ is str and item) or item.__class__ in (int, float)]
+    if value.__class__ in (int, float):
+        return [str(value)]
+    return []
+
+
 @dataclass(frozen=True)
 class CatalogChanges:
     """What one :meth:`EntityTables.apply` did to the catalog, in its final state.

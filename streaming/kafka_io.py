@@ -11,6 +11,8 @@ matter for correctness live in one place:
 - ``exposures`` and ``clicks`` always have the same partition count, because
   both are keyed by user_id and the join relies on a user's events meeting in
   the same partition number.
+- every client gets the connection's security settings (:func:`security_config`:
+  SASL and SSL), so a secured cluster needs settings only, never code.
 
 Examples
 --------
@@ -50,6 +52,65 @@ JOINER_STATE_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 CLIENT_ID = "recallstream"
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# Setting name -> kafka-python option, passed on when the setting is not empty.
+_SECURITY_OPTIONS = {
+    "sasl_mechanism": "sasl_mechanism", "sasl_plain_username": "sasl_plain_username",
+    "sasl_plain_password": "sasl_plain_password", "ssl_cafile": "ssl_cafile",
+    "ssl_certfile": "ssl_certfile", "ssl_keyfile": "ssl_keyfile", "ssl_password": "ssl_password",
+}
+
+
+def security_config(settings: Settings) -> dict:
+    """The SASL and SSL options of every Kafka client, from the settings.
+
+    ``security_protocol`` always; each other option only when its setting is not empty
+    (kafka-python's defaults apply otherwise).
+
+    Raises
+    ------
+    ValueError
+        For an unknown protocol or mechanism, a SASL mechanism without a SASL protocol
+        (or the reverse), or PLAIN/SCRAM without a user name and password.
+
+    Examples
+    --------
+    >>> from recallstream.streaming.settings import Settings
+    >>> security_config(Settings.resolve(environ={}))
+    {'security_protocol': 'PLAINTEXT'}
+    >>> config = security_config(Settings.resolve(environ={
+    ...     "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    ...     "KAFKA_SASL_USERNAME": "worker", "KAFKA_SASL_PASSWORD": "s3cret",
+    ...     "KAFKA_SSL_CAFILE": "/etc/kafka/ca.pem"}))
+    >>> sorted(config)
+    ['sasl_mechanism', 'sasl_plain_password', 'sasl_plain_username', 'security_protocol', 'ssl_cafile']
+    """
+    protocol = settings.security_protocol.upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(f"security_protocol must be one of {SECURITY_PROTOCOLS}, "
+                         f"got {settings.security_protocol!r}")
+    config: dict = {"security_protocol": protocol}
+    for name, option in _SECURITY_OPTIONS.items():
+        if getattr(settings, name):
+            config[option] = getattr(settings, name)
+    sasl = protocol.startswith("SASL_")
+    mechanism = config.get("sasl_mechanism", "").upper()
+    if sasl and not mechanism:
+        raise ValueError(f"security_protocol {protocol} needs a sasl_mechanism "
+                         f"({', '.join(SASL_MECHANISMS)})")
+    if mechanism:
+        if not sasl:
+            raise ValueError(f"sasl_mechanism {mechanism} needs security_protocol "
+                             f"SASL_PLAINTEXT or SASL_SSL, got {protocol}")
+        if mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"sasl_mechanism must be one of {SASL_MECHANISMS}, got {mechanism!r}")
+        if not (settings.sasl_plain_username and settings.sasl_plain_password):
+            raise ValueError(f"sasl_mechanism {mechanism} needs sasl_plain_username and "
+                             f"sasl_plain_password (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD)")
+        config["sasl_mechanism"] = mechanism
+    return config
+
 
 def make_producer(settings: Settings, **overrides) -> KafkaProducer:
     """A producer of raw ``bytes`` keys and values.
@@ -57,7 +118,7 @@ def make_producer(settings: Settings, **overrides) -> KafkaProducer:
     Parameters
     ----------
     settings : Settings
-        ``bootstrap_servers`` is used.
+        ``bootstrap_servers`` and the security settings (:func:`security_config`) are used.
     **overrides
         Any ``KafkaProducer`` option, replacing the defaults below.
 
@@ -74,7 +135,7 @@ def make_producer(settings: Settings, **overrides) -> KafkaProducer:
     """
     config = dict(bootstrap_servers=settings.bootstrap_servers, client_id=CLIENT_ID,
                   acks="all", enable_idempotence=True, linger_ms=5,
-                  max_request_size=MAX_MESSAGE_BYTES)
+                  max_request_size=MAX_MESSAGE_BYTES, **security_config(settings))
     config.update(overrides)
     return KafkaProducer(**config)
 
@@ -85,7 +146,7 @@ def make_consumer(settings: Settings, **overrides) -> KafkaConsumer:
     Parameters
     ----------
     settings : Settings
-        ``bootstrap_servers`` is used.
+        ``bootstrap_servers`` and the security settings (:func:`security_config`) are used.
     **overrides
         Any ``KafkaConsumer`` option. Without ``group_id`` the consumer joins no
         group: assign partitions with ``consumer.assign([...])``.
@@ -103,7 +164,7 @@ def make_consumer(settings: Settings, **overrides) -> KafkaConsumer:
     """
     config = dict(bootstrap_servers=settings.bootstrap_servers, client_id=CLIENT_ID,
                   group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                  max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+                  max_partition_fetch_bytes=MAX_MESSAGE_BYTES, **security_config(settings))
     config.update(overrides)
     return KafkaConsumer(**config)
 
@@ -112,7 +173,7 @@ def make_consumer(settings: Settings, **overrides) -> KafkaConsumer:
 def admin_client(settings: Settings, timeout_s: float = 30.0) -> Iterator[KafkaAdminClient]:
     """A ``KafkaAdminClient`` closed on exit (it runs a network thread of its own)."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id=CLIENT_ID,
-                             bootstrap_timeout_ms=int(timeout_s * 1000))
+                             bootstrap_timeout_ms=int(timeout_s * 1000), **security_config(settings))
     try:
         yield admin
     finally:

@@ -28,7 +28,9 @@ from typing import Any
 
 
 def _setting(default: Any, help: str, env: str | None = None, secret: bool = False) -> Any:
-    return field(default=default, metadata={"help": help, "env": env, "secret": secret})
+    # A secret stays out of repr() too, so no log line or error message shows it by accident.
+    return field(default=default, repr=not secret,
+                 metadata={"help": help, "env": env, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,24 @@ class Settings:
         "examples", "topic of training examples written by the joiner (key user_id, transactional)")
     topic_joiner_state: str = _setting(
         "joiner-state", "topic of the joiner's per-partition state log (snapshots and progress)")
+    security_protocol: str = _setting(
+        "PLAINTEXT", "Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        env="KAFKA_SECURITY_PROTOCOL")
+    sasl_mechanism: str = _setting(
+        "", "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) with a SASL_* protocol",
+        env="KAFKA_SASL_MECHANISM")
+    sasl_plain_username: str = _setting("", "SASL user name", env="KAFKA_SASL_USERNAME")
+    sasl_plain_password: str = _setting(
+        "", "SASL password (give it in the environment: a flag shows in the process list)",
+        env="KAFKA_SASL_PASSWORD", secret=True)
+    ssl_cafile: str = _setting("", "CA bundle (PEM) that verifies the brokers' certificates",
+                               env="KAFKA_SSL_CAFILE")
+    ssl_certfile: str = _setting("", "client certificate (PEM) for mutual TLS",
+                                 env="KAFKA_SSL_CERTFILE")
+    ssl_keyfile: str = _setting("", "private key (PEM) of the client certificate",
+                                env="KAFKA_SSL_KEYFILE")
+    ssl_password: str = _setting("", "password of the client's private key",
+                                 env="KAFKA_SSL_PASSWORD", secret=True)
     partitions: int = _setting(4, "partition count of the exposures and clicks topics")
     examples_retention_ms: int = _setting(
         -1, "retention of the examples topic in ms (-1: keep; examples carry their click's "
@@ -73,6 +93,9 @@ class Settings:
         20, "re-embed every catalog item into Qdrant after this many batches (dense layers move)")
     qdrant_write_interval_s: float = _setting(
         0.25, "least seconds between two vector writes to Qdrant (updates coalesce meanwhile)")
+    qdrant_drain_timeout_s: float = _setting(
+        300.0, "longest wait for Qdrant to take the pending vectors before a checkpoint; past "
+               "it the worker exits with status 5 (a supervisor restarts it)")
     align_window_ms: int = _setting(
         100, "record-timestamp window that orders records across partitions deterministically")
     metrics_port: int = _setting(8000, "port of the worker's /metrics and /recall endpoint (0: off)")

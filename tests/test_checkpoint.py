@@ -18,7 +18,7 @@ import torch
 
 from recallstream.model.checkpoint import (
     FORMAT_VERSION, MAGIC, CheckpointLocked, CheckpointStore, CorruptCheckpoint, OwnerLock,
-    UnsupportedCheckpointVersion,
+    NDARRAY_KEY, UnsafeCheckpoint, UnsupportedCheckpointVersion,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,25 +192,78 @@ def test_unknown_format_version_is_a_clear_error(tmp_path):
         store.load_latest()
 
 
-def test_payload_is_loaded_without_unpickling_arbitrary_objects(tmp_path):
-    import io
-    import pickle
+class RunsCode:
+    """Unpickling it calls os.system, which would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_checkpoint(path, payload: bytes) -> None:
+    """A checkpoint file with valid framing and checksums around ``payload``."""
     import hashlib
 
-    class Boom:
-        def __reduce__(self):
-            return (os.system, ("echo should-not-run",))
-
-    buffer = io.BytesIO()
-    torch.save({"x": Boom()}, buffer)
-    payload = buffer.getvalue()
     header = json.dumps({"format_version": FORMAT_VERSION, "payload_bytes": len(payload),
                          "payload_sha256": hashlib.sha256(payload).hexdigest()}).encode()
-    path = tmp_path / "ckpt-0000000001"
     path.write_bytes(MAGIC + header + b"\n" + hashlib.sha256(header).hexdigest().encode()
                      + b"\n" + payload)
-    with pytest.raises(pickle.UnpicklingError):
+
+
+def test_a_payload_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    import io
+    import pickle
+
+    marker = tmp_path / "pwned"
+    assert pickle.loads(pickle.dumps(RunsCode(marker))) == 0 and marker.exists()  # it would run
+    marker.unlink()
+    buffer = io.BytesIO()
+    torch.save({"x": RunsCode(marker)}, buffer)
+    path = tmp_path / "ckpt-0000000001"
+    write_checkpoint(path, buffer.getvalue())
+    with pytest.raises(UnsafeCheckpoint, match="ckpt-0000000001: refused to load.*could run code"):
         CheckpointStore.load(path)
+    assert not marker.exists()
+
+
+def test_a_plain_pickle_payload_is_refused_too(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "ckpt-0000000001"
+    write_checkpoint(path, pickle.dumps({"x": RunsCode(marker)}))
+    with pytest.raises(UnsafeCheckpoint):
+        CheckpointStore.load(path)
+    assert not marker.exists()
+
+
+def test_an_object_array_is_refused(tmp_path):
+    import io
+
+    array = io.BytesIO()
+    np.save(array, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    buffer = io.BytesIO()
+    torch.save({"a": {NDARRAY_KEY: array.getvalue()}}, buffer)
+    path = tmp_path / "ckpt-0000000001"
+    write_checkpoint(path, buffer.getvalue())
+    with pytest.raises(UnsafeCheckpoint, match="needs pickle"):
+        CheckpointStore.load(path)
+
+
+def test_load_latest_skips_an_unsafe_newest_checkpoint_for_the_previous_one(tmp_path, caplog):
+    import io
+
+    store = CheckpointStore(tmp_path)
+    store.save({"i": 1})
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save({"i": RunsCode(marker)}, buffer)
+    write_checkpoint(tmp_path / "ckpt-0000000002", buffer.getvalue())
+    assert store.load_latest() == {"i": 1}
+    assert not marker.exists()
+    assert any("refused to load" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("bad", [{"s": {1, 2}}, {"o": object()}, {"a": np.array([{}], dtype=object)},

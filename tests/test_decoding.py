@@ -10,7 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recallstream.streaming.decoding import KINDS, MAX_RECORD_BYTES, REASONS, Invalid, decode
+from recallstream.streaming.decoding import (
+    KINDS, MAX_DEPTH, MAX_FEATURES, MAX_FIELDS, MAX_ID_CHARS, MAX_LIST_ITEMS, MAX_OBJECT_KEYS,
+    MAX_RECORD_BYTES, REASONS, Invalid, decode,
+)
 from recallstream.streaming.events import Click, EntityRecord, Exposure, Tombstone
 
 EXPOSURE = {"event_id": "e1", "ts": 1700000000.5, "user_id": "u1", "item_id": "i1",
@@ -150,10 +153,40 @@ def test_unknown_kind_is_a_programming_error():
 
 # --- against a plain reference validator ----------------------------------------------------
 
+def reference_structure(obj: dict, entity: bool) -> str | None:
+    """The structure limits (issue 15), re-stated plainly: the reason of the first one broken."""
+    if len(obj) > MAX_FIELDS:
+        return "too_many_fields"
+    if entity and isinstance(obj.get("features"), dict) and len(obj["features"]) > MAX_FEATURES:
+        return "too_many_features"
+
+    def walk(value, depth):
+        if isinstance(value, (list, dict)):
+            if depth > MAX_DEPTH:
+                return "too_deep"
+            if isinstance(value, list) and len(value) > MAX_LIST_ITEMS:
+                return "list_too_long"
+            if isinstance(value, dict) and len(value) > MAX_OBJECT_KEYS:
+                return "too_many_keys"
+            for item in (value if isinstance(value, list) else value.values()):
+                reason = walk(item, depth + 1)
+                if reason:
+                    return reason
+        return None
+
+    for value in obj.values():
+        reason = walk(value, 2)
+        if reason:
+            return reason
+    return None
+
+
 def reference_event(kind: str, obj) -> object:
     """Straightforward re-statement of the rules of issue 2 for exposures and clicks."""
     if not isinstance(obj, dict):
         return Invalid("not_an_object")
+    if reference_structure(obj, entity=False):
+        return Invalid(reference_structure(obj, entity=False))
     values = {}
     fields = ["event_id", "ts", "user_id", "item_id", "impression_id"]
     if kind == "exposures":
@@ -252,3 +285,127 @@ def test_reasons_never_contain_raw_values():
                for v in ["", "x" * 300, 1.5, [1], {"a": 1}, True]}
     assert reasons <= REASONS
     assert reasons == {"invalid_id:user_id", "wrong_type:user_id"}
+
+
+# --- input limits (issue 15): each over-limit record gets its own reason, never an exception ---
+
+def nested(depth: int):
+    """A value that makes a record ``depth`` containers deep (the record is depth 1)."""
+    value = "leaf"
+    for level in range(depth - 1):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("kind, base, field", [
+    ("exposures", EXPOSURE, "context"), ("clicks", CLICK, "anything"), ("items", ITEM, "features")])
+def test_nesting_up_to_the_limit_is_valid_and_beyond_it_is_too_deep(kind, base, field):
+    key = b"i1" if kind == "items" else None
+    fits = nested(MAX_DEPTH)
+    if field in ("context", "features") and not isinstance(fits, dict):
+        fits = {"k": nested(MAX_DEPTH - 1)}
+    assert not isinstance(decode(kind, key, with_fields(base, **{field: fits})), Invalid)
+    deep = {"k": fits}
+    assert decode(kind, key, with_fields(base, **{field: deep})) == Invalid("too_deep")
+
+
+def test_lists_up_to_the_limit_are_valid_and_longer_ones_are_list_too_long():
+    fits = {**ITEM["features"], "genres": ["g"] * MAX_LIST_ITEMS}
+    assert decode("items", b"i1", with_fields(ITEM, features=fits)).features == fits
+    too_long = {"genres": ["g"] * (MAX_LIST_ITEMS + 1)}
+    assert decode("items", b"i1", with_fields(ITEM, features=too_long)) == Invalid("list_too_long")
+    assert decode("clicks", None, with_fields(CLICK, tags=[[0] * (MAX_LIST_ITEMS + 1)])) == \
+        Invalid("list_too_long")
+
+
+def test_feature_counts_fields_and_nested_keys_are_bounded():
+    features = {f"f{n}": n for n in range(MAX_FEATURES)}
+    assert decode("users", b"u1", dumps({"user_id": "u1", "ts": 1, "features": features})).features == features
+    features[f"f{MAX_FEATURES}"] = 0
+    assert decode("users", b"u1", dumps({"user_id": "u1", "ts": 1, "features": features})) == \
+        Invalid("too_many_features")
+    extra = {f"x{n}": n for n in range(MAX_FIELDS - len(CLICK))}
+    assert not isinstance(decode("clicks", None, dumps({**CLICK, **extra})), Invalid)
+    assert decode("clicks", None, dumps({**CLICK, **extra, "one_more": 1})) == Invalid("too_many_fields")
+    context = {f"c{n}": n for n in range(MAX_OBJECT_KEYS + 1)}
+    assert decode("exposures", None, with_fields(EXPOSURE, context=context)) == Invalid("too_many_keys")
+    assert decode("items", b"i1", with_fields(ITEM, features={"a": context})) == Invalid("too_many_keys")
+
+
+def test_the_limit_reasons_are_distinct_documented_reasons():
+    limits = {"too_large", "invalid_id:user_id", "invalid_key", "too_many_fields",
+              "too_many_features", "too_deep", "list_too_long", "too_many_keys"}
+    assert limits <= REASONS
+    import recallstream.streaming.decoding as decoding
+    for reason in limits - {"invalid_id:user_id"}:
+        assert f"``{reason}``" in decoding.__doc__
+
+
+def structure_ok(value, depth=1) -> bool:
+    """Whether a decoded value keeps every limit (the property the decoder promises)."""
+    if isinstance(value, list):
+        return depth <= MAX_DEPTH and len(value) <= MAX_LIST_ITEMS and all(
+            structure_ok(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return depth <= MAX_DEPTH and len(value) <= MAX_OBJECT_KEYS and all(
+            structure_ok(item, depth + 1) for item in value.values())
+    return True
+
+
+# Values that reach the limits: deep containers from a few leaves, some leaves a list or an
+# object of a size at a limit (only of scalars: widening nested containers would multiply).
+short_scalars = json_scalars.filter(lambda v: not isinstance(v, str) or len(v) < 20)
+big_leaves = st.one_of(
+    st.tuples(short_scalars, st.sampled_from([MAX_LIST_ITEMS, MAX_LIST_ITEMS + 1]))
+    .map(lambda pair: [pair[0]] * pair[1]),
+    st.tuples(short_scalars, st.sampled_from([MAX_OBJECT_KEYS, MAX_OBJECT_KEYS + 1]))
+    .map(lambda pair: {f"k{n}": pair[0] for n in range(pair[1])}))
+wide_values = st.recursive(
+    st.one_of(short_scalars, big_leaves),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(KINDS), fields=st.dictionaries(st.text(max_size=8), wide_values, max_size=4),
+       id_chars=st.sampled_from([1, MAX_ID_CHARS, MAX_ID_CHARS + 1]), valid_base=st.booleans())
+def test_decoded_records_keep_every_limit_and_over_limit_ones_never_raise(kind, fields, id_chars, valid_base):
+    entity = kind in ("items", "users")
+    id_field = {"items": "item_id", "users": "user_id"}.get(kind, "user_id")
+    base = ({id_field: "x" * id_chars, "ts": 1, "features": {}} if entity
+            else {**(EXPOSURE if kind == "exposures" else CLICK), "user_id": "x" * id_chars})
+    obj = {**base, **fields} if valid_base else fields
+    if entity and valid_base and "features" in fields and not isinstance(fields["features"], dict):
+        obj["features"] = {"value": fields["features"]}
+    key = ("x" * id_chars).encode()
+    result = decode(kind, key, dumps(obj))
+    if isinstance(result, Invalid):
+        assert result.reason in REASONS and result.reason != "decoder_error"
+        return
+    assert id_chars <= MAX_ID_CHARS and len(obj) <= MAX_FIELDS
+    assert all(structure_ok(value, 2) for value in obj.values())
+    if entity:
+        assert len(result.features) <= MAX_FEATURES
+    expected = reference_structure(obj, entity)
+    assert expected is None  # the decoder accepted it, so the plain re-statement does too
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(KINDS), fields=st.dictionaries(st.text(max_size=8), wide_values, max_size=4))
+def test_the_structure_reason_is_the_reference_one(kind, fields):
+    entity = kind in ("items", "users")
+    base = {"item_id" if kind == "items" else "user_id": "x", "ts": 1, "features": {}} if entity else dict(CLICK)
+    obj = {**base, **fields}
+    result = decode(kind, b"x", dumps(obj))
+    expected = reference_structure(obj, entity)
+    if expected is not None:
+        assert result == Invalid(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(KINDS), data=st.binary(max_size=2000))
+def test_arbitrary_bytes_never_yield_a_decoder_error(kind, data):
+    result = decode(kind, data[:10] or None, data)
+    assert not isinstance(result, Invalid) or (result.reason in REASONS
+                                               and result.reason != "decoder_error")

@@ -2,10 +2,11 @@
 
 The writer thread is observed through fake indexes and a fake retry pause that signal
 when they are called (or block until the test lets them go on), never through sleeps or
-wall-clock bounds.
+wall-clock bounds (except the drain's deadline, whose point is the clock).
 """
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -192,3 +193,134 @@ def test_min_interval_coalesces_updates_of_hot_items(index):
     assert counting.writes == 2
     assert index.search("items", [1.0, 0.0], limit=1)[0][2]["step"] == 29
     sync.close()
+
+
+# -- permanent errors and the drain's deadline (issue 15) ------------------------------------
+
+class RefusingIndex(FlakyIndex):
+    """Wraps an index; refuses (ValueError, as Qdrant does for a bad point) any upsert that
+    holds one of `refused`, and counts the upserts tried."""
+
+    def __init__(self, index, refused):
+        super().__init__(index, failures=0)
+        self.refused, self.upserts = set(refused), 0
+
+    def upsert(self, collection, ids, vectors, payloads, **kwargs):
+        self.upserts += 1
+        if self.refused & set(ids):
+            raise ValueError("Qdrant refuses this point")
+        super().upsert(collection, ids, vectors, payloads, **kwargs)
+
+
+class Rejections:
+    """IndexSync's on_reject hook: records (kind, count, reason)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, kind, count, reason):
+        self.calls.append((kind, count, reason))
+
+
+def test_a_nan_vector_is_skipped_and_counted_and_does_not_hang_the_drain(index, caplog):
+    from recallstream.consumers import metrics
+
+    counter = metrics.QDRANT_REJECTED.labels("items", "non_finite")
+    before = counter._value.get()
+    sync = IndexSync(index, items="items", users="users", dim=2, drain_timeout_s=WAIT_S)
+    sync.on_reject = metrics.observe_qdrant_rejected
+    sync.put_items(["good", "nan", "inf"], np.array([[1.0, 0.0], [np.nan, 1.0], [np.inf, 0.0]]),
+                   [{}, {}, {}])
+    sync.put_items(["nan2"], np.array([[0.0, np.nan]]), [{}])
+    sync.drain()  # returns: nothing unwritable is left queued
+    assert index.count("items") == 1 and index.retrieve_vectors("items", ["good"])
+    assert sync.rejected_points == 3 and counter._value.get() - before == 3
+    warnings = [r for r in caplog.records if "dropping" in r.getMessage()]
+    assert len(warnings) == 1 and "non_finite" in warnings[0].getMessage()  # logged once
+    sync.close()
+
+
+def test_a_nan_vector_leaves_the_older_pending_vector_of_its_id(index):
+    sync = IndexSync(index, items="items", users="users", dim=2, min_interval_s=3600)
+    sync.put_items(["first"], np.array([[1.0, 0.0]]), [{}])  # the first write goes at once
+    sync.put_items(["a"], np.array([[0.0, 1.0]]), [{"v": "good"}])
+    sync.put_items(["a"], np.array([[np.nan, 1.0]]), [{"v": "nan"}])
+    sync.drain(timeout_s=WAIT_S)
+    assert index.retrieve_payloads("items", ["a"])["a"]["v"] == "good"
+    sync.close()
+
+
+def test_a_point_qdrant_refuses_is_dropped_alone_and_the_others_are_written(index):
+    refusing = RefusingIndex(index, refused={"bad"})
+    rejections = Rejections()
+    pauses = Pauses()
+    sync = IndexSync(refusing, items="items", users="users", dim=2, drain_timeout_s=WAIT_S,
+                     sleep=pauses)
+    sync.on_reject = rejections
+    sync.put_items(["a", "bad", "b"], np.eye(3, 2) + 0.1, [{}, {}, {}])
+    sync.drain()
+    assert index.count("items") == 2 and sync.pending() == 0
+    assert rejections.calls == [("item", 1, "refused")] and sync.rejected_points == 1
+    assert pauses.seconds == []  # a permanent error is not retried with a pause
+    assert refusing.upserts == 4  # the batch once, then each of its three points
+    sync.put_items(["c"], np.array([[1.0, 1.0]]), [{}])  # the writer goes on as usual
+    sync.drain()
+    assert index.count("items") == 3
+    sync.close()
+
+
+def test_a_permanently_unavailable_index_makes_the_drain_raise_after_its_deadline(index):
+    from recallstream.model.index_sync import StalledIndex
+
+    flaky = FlakyIndex(index, failures=10**9)
+    sync = IndexSync(flaky, items="items", users="users", dim=2, drain_timeout_s=0.3,
+                     initial_backoff_s=0.01, max_backoff_s=0.05)
+    sync.put_items(["a", "b"], np.eye(2), [{}, {}])
+    started = time.monotonic()
+    with pytest.raises(StalledIndex, match="2 points not written") as raised:
+        sync.drain()
+    assert isinstance(raised.value, TimeoutError)
+    assert 0.3 <= time.monotonic() - started < WAIT_S
+    assert sync.pending() + sync._busy >= 1 and sync.failed_writes >= 1
+    assert sync.rejected_points == 0  # unavailable is not refused: nothing dropped
+    started = time.monotonic()
+    sync.close()  # does not wait for another deadline, and the writer thread stops
+    assert not sync._thread.is_alive() and time.monotonic() - started < WAIT_S
+
+
+@pytest.mark.parametrize("error", [TimeoutError("write timed out"),
+                                   ConnectionRefusedError("refused")])
+def test_a_transiently_failing_index_catches_up_within_the_deadline(index, error):
+    class Transient(FlakyIndex):
+        def upsert(self, *args, **kwargs):
+            if self.failures > 0:
+                self.failures -= 1
+                raise error
+            self.index.upsert(*args, **kwargs)
+
+    pauses = Pauses()
+    sync = IndexSync(Transient(index, failures=4), items="items", users="users", dim=2,
+                     drain_timeout_s=WAIT_S, initial_backoff_s=0.01, sleep=pauses)
+    sync.put_items(["a", "b"], np.eye(2), [{}, {}])
+    sync.drain()
+    assert index.count("items") == 2 and sync.failed_writes == 4 and sync.rejected_points == 0
+    assert len(pauses.seconds) == 4
+    sync.close()
+
+
+def test_qdrant_unavailable_errors_are_retryable_and_others_are_not():
+    import httpx
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    from recallstream.model.index_sync import is_retryable
+
+    unavailable = UnexpectedResponse(503, "Service Unavailable", b"", httpx.Headers())
+    bad_request = UnexpectedResponse(400, "Bad Request", b"", httpx.Headers())
+    assert is_retryable(unavailable) and is_retryable(httpx.ConnectTimeout("slow"))
+    assert not is_retryable(bad_request) and not is_retryable(ValueError("nan"))
+    assert not is_retryable(KeyError("x"))
+
+
+def test_a_bad_drain_timeout_is_refused(index):
+    with pytest.raises(ValueError, match="drain_timeout_s"):
+        IndexSync(index, items="items", users="users", dim=2, drain_timeout_s=0)

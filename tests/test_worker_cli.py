@@ -1,6 +1,7 @@
 """`recallstream worker`'s own errors (no Kafka needed): one line on stderr, nothing on stdout,
-and the documented exit status (3: the model is owned by another worker, 4: stalled ingestion;
-test_no_broker covers 2, test_worker_kafka the 3 of a real second worker)."""
+and the documented exit status (3: the model is owned by another worker, 4: stalled ingestion,
+5: Qdrant did not take the pending vectors in time; test_no_broker covers 2, test_worker_kafka
+the 3 of a real second worker, test_worker_index_stall the 5 of a real worker)."""
 
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import recallstream.consumers.worker_cmd as worker_module
 from recallstream.consumers.cli import main
 from recallstream.model.checkpoint import CheckpointLocked
+from recallstream.model.index_sync import StalledIndex
 from recallstream.streaming.prefetch import StalledIngestion
 
 
@@ -16,6 +18,8 @@ from recallstream.streaming.prefetch import StalledIngestion
     (CheckpointLocked(Path("ckpt"), 4242), 3, "ckpt is owned by process 4242"),
     (StalledIngestion("a Kafka poll has not returned for 120 s"), 4,
      "a Kafka poll has not returned for 120 s; restart it"),
+    (StalledIndex("Qdrant writes still pending after 300.0 s: 12 points not written"), 5,
+     "12 points not written; restart it: it resumes from its last checkpoint"),
 ])
 def test_worker_errors_go_to_stderr_with_their_status(error, status, message, monkeypatch,
                                                       capsys, tmp_path):
@@ -30,3 +34,11 @@ def test_worker_errors_go_to_stderr_with_their_status(error, status, message, mo
     assert out == ""
     assert err.startswith("recallstream worker: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_help_documents_exit_status_5(capsys):
+    with pytest.raises(SystemExit):
+        main(["worker", "--help"])
+    out = capsys.readouterr().out
+    assert "  5  worker: Qdrant did not take the pending vectors" in out
+    assert "--qdrant-drain-timeout-s" in out

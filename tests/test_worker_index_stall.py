@@ -1,0 +1,65 @@
+"""A worker whose Qdrant goes away for good (issue 15): its checkpoint's drain gives up after
+``qdrant_drain_timeout_s`` with StalledIndex (the command's exit status 5), no checkpoint is
+written past the vectors that did not arrive, and the worker closes without hanging.
+
+Real broker; failures injected at the vector-index boundary (a wrapper whose writes fail as
+a server's connection errors do)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+
+import pytest
+
+from recallstream.consumers.replay import ReplayPlan, publish
+from recallstream.consumers.worker import Worker, WorkerOptions
+from recallstream.model.checkpoint import CheckpointStore
+from recallstream.model.index_sync import StalledIndex
+from recallstream.model.vector_index import VectorIndex
+from recallstream.streaming.kafka_io import scratch_topics
+from recallstream.streaming.movielens import load_movielens
+
+CLICKS = 600
+
+
+class QdrantGone:
+    """A VectorIndex whose collections exist but whose every write fails to connect."""
+
+    def __init__(self, index: VectorIndex):
+        self.index = index
+        self.failed_writes = 0
+
+    def __getattr__(self, name):
+        return getattr(self.index, name)
+
+    def upsert(self, *args, **kwargs):
+        self.failed_writes += 1
+        raise ConnectionRefusedError("Qdrant is gone")
+
+    delete = upsert
+
+
+def test_a_worker_whose_qdrant_never_comes_back_stops_with_stalled_index(kafka_settings, tmp_path):
+    tuned = dataclasses.replace(kafka_settings, batch_size=100, batch_timeout_s=0.2,
+                                checkpoint_every_batches=2, checkpoint_every_s=1e6,
+                                qdrant_drain_timeout_s=1.0, qdrant_write_interval_s=0.0,
+                                metrics_port=0, checkpoint_dir=str(tmp_path / "ckpt"))
+    with scratch_topics(tuned, f"stall-{os.getpid()}-{random.randrange(1 << 30)}",
+                        partitions=2) as settings:
+        summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=CLICKS), settings,
+                          progress=False)
+        assert (summary.clicks, summary.failed) == (CLICKS, 0)
+        memory = VectorIndex.connect(":memory:")
+        gone = QdrantGone(memory)
+        worker = Worker(settings, WorkerOptions(exit_when_idle_s=30), index=gone)
+        started = time.monotonic()
+        with pytest.raises(StalledIndex, match="points not written"):
+            worker.run()
+        assert time.monotonic() - started < 120  # the deadline, then a prompt close
+        assert worker.counters["batches"] >= 2 and gone.failed_writes >= 1
+        # nothing was checkpointed (or committed) past the vectors Qdrant did not take
+        assert CheckpointStore(settings.checkpoint_dir).paths() == []
+        memory.close()
