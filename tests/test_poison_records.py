@@ -40,7 +40,7 @@ def test_poison_is_dead_lettered_whole_with_its_reason_and_never_logged(caplog):
     caplog.set_level(logging.DEBUG)
     values = poison()
     records = [Record("c", 0, offset, b"u", value) for offset, value in enumerate(values)]
-    routed = RecordRouter({"c": "clicks"}).route({Partition("c", 0): records})
+    routed = RecordRouter({"c": "examples"}).route({Partition("c", 0): records})
     assert [(record.value, reason) for record, reason in routed.dead_letters] == list(values.items())
     assert routed.next_offsets == {Partition("c", 0): len(values)}
     for record, reason in routed.dead_letters:

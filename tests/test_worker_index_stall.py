@@ -22,6 +22,8 @@ from recallstream.model.vector_index import VectorIndex
 from recallstream.streaming.kafka_io import scratch_topics
 from recallstream.streaming.movielens import load_movielens
 
+from conftest import join_examples
+
 CLICKS = 600
 
 
@@ -52,6 +54,7 @@ def test_a_worker_whose_qdrant_never_comes_back_stops_with_stalled_index(kafka_s
         summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=CLICKS), settings,
                           progress=False)
         assert (summary.clicks, summary.failed) == (CLICKS, 0)
+        join_examples(settings)
         memory = VectorIndex.connect(":memory:")
         gone = QdrantGone(memory)
         worker = Worker(settings, WorkerOptions(exit_when_idle_s=30), index=gone)
