@@ -66,10 +66,12 @@ def take_snapshot(settings: Settings, *, progress: bool = False) -> dict:
     except (KafkaError, TimeoutError) as error:
         raise CommandError(f"reading the examples failed ({error!r}); "
                            f"the current snapshot is unchanged") from None
+    read_s = time.perf_counter() - started
     if not window.examples:
         raise CommandError(f"no examples in topic {topic!r} before the cut {window.cut}; "
                            f"the current snapshot is unchanged")
     learner, losses = _train(window, tables, settings, progress)
+    train_s = time.perf_counter() - started - read_s
     event_range = EventRange(first_ts=window.first_ts, last_ts=window.last_ts)
     metadata = {"days": settings.snapshot_days, "epochs": settings.snapshot_epochs,
                 "batch_size": settings.snapshot_batch_size, "seed": settings.seed,
@@ -90,7 +92,9 @@ def take_snapshot(settings: Settings, *, progress: bool = False) -> dict:
             "cut_offsets": {topic: window.cut}, "start_offsets": {topic: window.starts},
             "items": len(tables.items), "users": len(tables.users),
             "epochs": settings.snapshot_epochs, "steps": len(losses),
-            "final_loss": round(losses[-1], 6), "seconds": round(time.perf_counter() - started, 3)}
+            "final_loss": round(losses[-1], 6),
+            "read_s": round(read_s, 3), "train_s": round(train_s, 3),
+            "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _check(settings: Settings) -> None:

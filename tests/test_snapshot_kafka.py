@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import random
 import signal
+import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -35,10 +37,10 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "recallstream.consumers.cli", *args]
 
 
-def snapshot_command(settings, snapshot_dir, *extra: str) -> list[str]:
-    return cli("snapshot", "--json", "--no-progress", "--snapshot-dir", str(snapshot_dir),
-               "--snapshot-days", str(DAYS), "--snapshot-epochs", "1", *extra,
-               *settings.flags(*FLAGS))
+def snapshot_command(settings, snapshot_dir, progress: bool = False) -> list[str]:
+    return cli("snapshot", "--json", *([] if progress else ["--no-progress"]),
+               "--snapshot-dir", str(snapshot_dir), "--snapshot-days", str(DAYS),
+               "--snapshot-epochs", "1", *settings.flags(*FLAGS))
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +109,38 @@ def test_snapshot_trains_on_the_last_days_up_to_the_cut_and_loads(joined, tmp_pa
     assert vectors.shape == (2, 64) and abs((vectors ** 2).sum(axis=1) - 1).max() < 1e-5
 
 
+def start_job(settings, snapshot_dir) -> tuple[subprocess.Popen, threading.Event]:
+    """The snapshot job as a subprocess, and an event set once its progress bar shows
+    (training has started: what is left is the training, the write and the publication)."""
+    process = subprocess.Popen(snapshot_command(settings, snapshot_dir, progress=True),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    training = threading.Event()
+
+    def watch():
+        seen = b""
+        while chunk := os.read(process.stderr.fileno(), 4096):
+            seen = (seen + chunk)[-64:]
+            if b"snapshot:" in seen:
+                training.set()
+    threading.Thread(target=watch, daemon=True).start()
+    return process, training
+
+
 def test_sigkill_at_random_moments_leaves_a_current_snapshot_that_loads(joined, tmp_path):
     settings, _ = joined
-    started = time.monotonic()
-    assert run_snapshot(settings, tmp_path)["version"] == 1
-    duration = time.monotonic() - started
+    flags = ["--snapshot-dir", str(tmp_path), "--snapshot-days", str(DAYS), "--snapshot-epochs", "1"]
+    assert main(["snapshot", "--no-progress", *flags, *settings.flags(*FLAGS)]) == 0  # v1
     store = SnapshotStore(tmp_path)
     rng = random.Random(12)
     unchanged = 0
-    for _ in range(4):
+    for kill in range(3):
         before = store.current_version()
-        process = subprocess.Popen(snapshot_command(settings, tmp_path),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.0) * duration)  # a random moment of the run, seeded
+        process, training = start_job(settings, tmp_path)
+        if kill == 0:  # anywhere in the start-up
+            time.sleep(rng.uniform(0.5, 5.0))
+        else:  # a random moment of the training, the write or the publication
+            assert training.wait(timeout=120), "the job never started training"
+            time.sleep(rng.uniform(0.0, 4.0))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         snapshot = store.current()
@@ -131,8 +152,8 @@ def test_sigkill_at_random_moments_leaves_a_current_snapshot_that_loads(joined, 
         assert all(p.name.startswith((".tmp-", "v", "CURRENT", "LOCK")) for p in tmp_path.iterdir())
     assert unchanged >= 1  # at least one kill landed before the new version was published
     last = store.current_version()
-    summary = run_snapshot(settings, tmp_path)
-    assert summary["version"] > last and store.current().version == summary["version"]
+    assert main(["snapshot", "--no-progress", *flags, *settings.flags(*FLAGS)]) == 0
+    assert store.current_version() > last and store.current().version == store.current_version()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # cleaned
 
 
