@@ -216,6 +216,8 @@ class SnapshotStore:
                 continue
             if pointed is not None:
                 self._warn(f"{POINTER} names v{pointed}, which has no manifest; using v{version}")
+            elif self._pointer_missing():  # a damaged one was reported by _read_pointer
+                self._warn(f"no {POINTER} file; using v{version}")
             return version
         return None
 
@@ -226,7 +228,8 @@ class SnapshotStore:
         version is returned instead, with one warning naming the problem.
         """
         pointed = self._read_pointer()
-        problem = None
+        # a damaged pointer was reported by _read_pointer; a missing one is reported here
+        problem = f"no {POINTER} file" if pointed is None and self._pointer_missing() else None
         if pointed is not None:
             try:
                 return self.load(pointed)
@@ -240,10 +243,12 @@ class SnapshotStore:
             except SnapshotError as error:
                 self._warn(f"skipping snapshot v{version}: {error}")
                 continue
-            if problem:
+            if pointed is None and problem:
+                self._warn(f"{problem}; using v{version}")
+            elif problem:
                 self._warn(f"current snapshot unusable ({problem}); using v{version}")
             return snapshot
-        if problem:
+        if pointed is not None:
             self._warn(f"current snapshot unusable ({problem}) and no other intact version")
         return None
 
@@ -341,6 +346,9 @@ class SnapshotStore:
                        f"falling back to the newest intact version")
             return None
         return int(match.group(1))
+
+    def _pointer_missing(self) -> bool:
+        return not (self.directory / POINTER).exists()
 
     def _warn(self, message: str) -> None:
         if message not in self._warned:

@@ -116,6 +116,15 @@ def test_pointer_to_a_missing_folder_falls_back(tmp_path, learner):
     assert store.current_version() == 1 and store.current().version == 1
 
 
+def test_a_missing_pointer_falls_back_with_one_warning(tmp_path, learner, caplog):
+    store = SnapshotStore(tmp_path)
+    publish(store, learner)
+    (tmp_path / "CURRENT").unlink()
+    with caplog.at_level(logging.WARNING, logger="recallstream.model.snapshot_store"):
+        assert store.current().version == 1 and store.current_version() == 1
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == ["no CURRENT file; using v1"]
+
+
 def test_damaged_current_version_falls_back_to_the_previous_one(tmp_path, learner, caplog):
     store = SnapshotStore(tmp_path)
     publish(store, learner)
