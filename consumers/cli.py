@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "recallstream.consumers.replay",
     "recallstream.consumers.inspect_topic",
     "recallstream.consumers.joiner_cmd",
+    "recallstream.consumers.snapshot_cmd",
     "recallstream.consumers.worker_cmd",
     "recallstream.consumers.checkpoint_cmd",
     "recallstream.consumers.recall_cmd",

@@ -78,6 +78,46 @@ def train_snapshot(learner, clicks: RecordedClicks, users: Mapping[str, Mapping]
     return losses
 
 
+def train_full(learner, user_ids: Sequence[str], item_ids: Sequence[str],
+               users: Mapping[str, Mapping], items: Mapping[str, Mapping], *, epochs: float = 1.0,
+               batch_size: int = 1024, seed: int = 0, progress=None) -> list[float]:
+    """A full training of a fresh ``learner`` on clicks in event order (the snapshot job's).
+
+    Each click gets the history its user had just before it among these clicks
+    (:meth:`~recallstream.model.online.OnlineLearner.prefix_histories`), the epochs
+    run through :func:`train_snapshot`, and afterwards the learner takes the clicks
+    in (:meth:`~recallstream.model.online.OnlineLearner.follow`): its histories and
+    popularity estimate end where the clicks end, as a worker's would. Returns the
+    losses.
+
+    Examples
+    --------
+    >>> from recallstream.model.online import OnlineLearner, stream_tower_config
+    >>> learner = OnlineLearner(stream_tower_config(id_buckets=64, dim=4), seed=0)
+    >>> losses = train_full(learner, ["u1", "u2", "u1"], ["a", "b", "c"], {}, {},
+    ...                     epochs=2, batch_size=2)
+    >>> len(losses), list(learner.histories["u1"]), learner.estimator.step
+    (3, ['a', 'c'], 3)
+    """
+    clicks = RecordedClicks()
+    clicks.extend(user_ids, item_ids, learner.prefix_histories(user_ids, item_ids))
+    losses = train_snapshot(learner, clicks, users, items, epochs=epochs, batch_size=batch_size,
+                            seed=seed, progress=progress)
+    learner.follow(user_ids, item_ids)
+    return losses
+
+
+def snapshot_steps(clicks: int, epochs: float, batch_size: int) -> int:
+    """Steps :func:`train_snapshot` takes over ``clicks`` clicks (for a progress bar).
+
+    >>> snapshot_steps(40, epochs=2, batch_size=16), snapshot_steps(10, epochs=0.5, batch_size=4)
+    (5, 2)
+    """
+    if clicks == 0:
+        return 0
+    return -(-max(1, int(round(epochs * clicks))) // batch_size)
+
+
 def _shuffled_passes(rows: np.ndarray, epochs: float, rng: np.random.Generator) -> np.ndarray:
     whole = int(np.ceil(epochs))
     order = np.concatenate([rng.permutation(rows) for _ in range(whole)])

@@ -103,6 +103,14 @@ class Settings:
     recall_url: str = _setting(
         "", "worker endpoint `recallstream recall` asks in embedded mode "
         "(empty: http://127.0.0.1:METRICS_PORT)")
+    snapshot_dir: str = _setting(
+        "var/snapshots", "folder of the versioned snapshots (`recallstream snapshot` writes, "
+        "the worker watches its CURRENT pointer)")
+    snapshot_days: float = _setting(
+        7.0, "days of event time a snapshot trains on, counted back from the newest example")
+    snapshot_epochs: float = _setting(3.0, "passes of a snapshot's training over its examples")
+    snapshot_batch_size: int = _setting(1024, "clicks per step of a snapshot's training")
+    snapshot_keep: int = _setting(3, "snapshot versions kept (the newest; the current one always)")
     seed: int = _setting(2020, "random seed")
 
     @classmethod

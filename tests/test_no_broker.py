@@ -14,6 +14,7 @@ NO_BROKER = ["--bootstrap-servers", "127.0.0.1:1"]
     ["inspect", "clicks"],
     ["replay", "--limit", "5"],
     ["worker", "--exit-when-idle", "1"],
+    ["snapshot", "--no-progress"],
     ["bench", "replay", "--runs", "1"],
 ])
 def test_commands_that_need_kafka_fail_clearly_without_a_broker(argv, tmp_path, monkeypatch,
