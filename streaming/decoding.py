@@ -53,6 +53,9 @@ Invalid(reason='invalid_json')
 Tombstone(kind='items', entity_id='i1')
 >>> decode("items", b"i1", b'{"item_id":"i2","ts":1,"features":{}}')
 Invalid(reason='key_mismatch')
+>>> decode("examples", b"u1", b'{"event_id":"c1","ts":5,"user_id":"u1","item_id":"i2",'
+...        b'"impression_id":"m","exposure":null,"joiner":{"orphan":true}}').exposure is None
+True
 """
 
 from __future__ import annotations
@@ -181,7 +184,7 @@ def _decode_click(kind: str, key: bytes | None, value: bytes | None) -> Click:
 
 
 def _decode_example(kind: str, key: bytes | None, value: bytes | None) -> Positive:
-    obj = _load_object(key, value)
+    obj = _load_object(key, value, entity=False)
     click = Click(_id(obj, "event_id"), _ts(obj), _id(obj, "user_id"), _id(obj, "item_id"),
                   _id(obj, "impression_id"), _dict_or_none(obj.get("click_extra")))
     shown = obj.get("exposure")
