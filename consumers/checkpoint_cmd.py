@@ -27,6 +27,9 @@ def summarize(state: dict, path: str) -> dict:
         "dead_lettered": sum(ingest["dead_lettered"].values()),
         "batches": counters["batches"],
         "model_version": counters["batches"],
+        "snapshot_version": (state.get("snapshot") or {}).get("version"),
+        "resets": (state.get("snapshot") or {}).get("resets", 0),
+        "clicks_since_snapshot": counters.get("clicks_since_snapshot", counters["clicks_trained"]),
         "created_at": state["created_at"],
     }
 

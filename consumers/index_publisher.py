@@ -94,9 +94,38 @@ class IndexPublisher:
         else:
             self._put_items(sorted({item_id for _, item_id, _ in clicks}), version)
         users = sorted({user_id for user_id, _, _ in clicks})
-        payloads = [{"model_version": version, "recent_items": history}
-                    for history in self.learner.histories_of(users)]
-        self.sync.put_users(users, self.learner.embed_users(users, self.tables.users), payloads)
+        self.sync.put_users(users, self.learner.embed_users(users, self.tables.users),
+                            self._user_payloads(users, version))
+
+    def rebuild(self, snapshot_version: int, version: int) -> None:
+        """After a reset to snapshot ``snapshot_version``: embed every catalog item and
+        every known user into new collections ``<items>_v<N>`` and ``<users>_v<N>``,
+        switch both aliases in one request, then drop the collections they named.
+
+        Readers of the aliases see the old collections whole until the switch and the
+        new ones whole after it. If an earlier attempt got as far as the switch (a
+        crash before the checkpoint), the new collections are filled again in place.
+        """
+        self.sync.drain()  # nothing queued for the old collections is left behind
+        index, dim = self.sync.index, self.learner.dim
+        targets = {alias: f"{alias}_v{snapshot_version}" for alias in (self.sync.items, self.sync.users)}
+        for alias, target in targets.items():
+            if index.resolve(alias) != target:
+                if index.exists(target):  # half filled by an attempt that did not finish
+                    index.delete_collection(target)
+                index.ensure_collection(target, dim)
+        items = sorted(self.tables.items)
+        if items:
+            index.upsert(targets[self.sync.items], items, self.learner.embed_items(items, self.tables.items),
+                         self._item_payloads(items, version))
+        users = sorted(self.learner.histories)
+        if users:
+            index.upsert(targets[self.sync.users], users, self.learner.embed_users(users, self.tables.users),
+                         self._user_payloads(users, version), kind="user")
+        previous = index.swap_aliases(targets)
+        for alias, old in previous.items():
+            if old is not None and old != targets[alias]:
+                index.delete_collection(old)
 
     def pending(self) -> int:
         """Vectors and deletions not yet written."""
@@ -121,11 +150,17 @@ class IndexPublisher:
         known = [item_id for item_id in item_ids if item_id in catalog]
         if not known:
             return
-        vectors = self.learner.embed_items(known, catalog)
-        now = time.time()
-        payloads = [{"model_version": version, "updated_at": now,
-                     "last_click_ts": self.item_last_click.get(item_id),
-                     "categories": categories(catalog[item_id].get("genres")),
-                     **({"title": catalog[item_id]["title"]} if catalog[item_id].get("title") else {})}
-                    for item_id in known]
-        self.sync.put_items(known, vectors, payloads)
+        self.sync.put_items(known, self.learner.embed_items(known, catalog),
+                            self._item_payloads(known, version))
+
+    def _item_payloads(self, item_ids: Sequence[str], version: int) -> list[dict]:
+        catalog, now = self.tables.items, time.time()
+        return [{"model_version": version, "updated_at": now,
+                 "last_click_ts": self.item_last_click.get(item_id),
+                 "categories": categories(catalog[item_id].get("genres")),
+                 **({"title": catalog[item_id]["title"]} if catalog[item_id].get("title") else {})}
+                for item_id in item_ids]
+
+    def _user_payloads(self, user_ids: Sequence[str], version: int) -> list[dict]:
+        return [{"model_version": version, "recent_items": history}
+                for history in self.learner.histories_of(user_ids)]

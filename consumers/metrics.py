@@ -53,6 +53,13 @@ FRESHNESS_SECONDS = Histogram(
     "recallstream_freshness_seconds",
     "From the trainer taking a click in to its item's new vector written to Qdrant",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0))
+SNAPSHOT_VERSION = Gauge("recallstream_snapshot_version",
+                         "Version of the daily snapshot the model is based on (0: none yet)")
+SNAPSHOT_CREATED_TS = Gauge("recallstream_snapshot_last_success_timestamp_seconds",
+                            "Publication time of the newest snapshot the worker reset to")
+RESETS = Counter("recallstream_resets_total", "Resets of the model to a newer snapshot")
+RESET_SECONDS = Histogram("recallstream_reset_seconds",
+                          "Duration of a reset: load, rewind, re-embed into new collections, swap")
 MODEL_VERSION = Gauge("recallstream_model_version", "Training steps of the model (Qdrant model_version)")
 BUILD = Info("recallstream_build", "Version and configuration of the worker")
 
@@ -177,6 +184,13 @@ def observe_qdrant_rejected(kind: str, points: int, reason: str) -> None:
     2.0
     """
     QDRANT_REJECTED.labels("items" if kind == "item" else "users", reason).inc(points)
+
+
+def observe_reset(version: int, created_at: float, seconds: float) -> None:
+    SNAPSHOT_VERSION.set(version)
+    SNAPSHOT_CREATED_TS.set(created_at)
+    RESETS.inc()
+    RESET_SECONDS.observe(seconds)
 
 
 def observe_freshness(seconds: float) -> None:

@@ -32,8 +32,8 @@ Examples
 ...                         IndexPublisher(sync, learner, tables, reembed_every_batches=5))
 >>> clicks = [Positive(Click(f"c{n}", 10.0 + n, "u1", "i1", "m"), None) for n in range(3)]
 >>> trainer.consume(Ingested(clicks, [EntityRecord("items", "i1", 1.0, {})], records=4))
->>> trainer.counters, trainer.batcher.pending()
-({'clicks_trained': 2, 'batches': 1}, [('u1', 'i1', 12.0)])
+>>> trainer.counters["clicks_trained"], trainer.counters["batches"], trainer.batcher.pending()
+(2, 1, [('u1', 'i1', 12.0)])
 >>> trainer.flush(), trainer.counters["clicks_trained"]
 (True, 3)
 >>> trainer.publisher.close(); index.close()
@@ -41,6 +41,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 
@@ -117,8 +118,12 @@ class StreamTrainer:
         self.monitor = monitor
         self.batcher = batcher
         self.publisher = publisher
-        self.counters = {"clicks_trained": 0, "batches": 0}
+        # clicks_since_snapshot: clicks applied on top of the snapshot the model is based
+        # on (all of them before any reset); clicks_replayed: those read again after a reset
+        self.counters = {"clicks_trained": 0, "batches": 0, "clicks_since_snapshot": 0,
+                         "clicks_replayed": 0}
         self.last_loss = float("nan")
+        self.newest_click_ts: float | None = None  # event time of the newest click trained
         self.loss_trace = LossTrace()
         self.timing = {"last_batch": None, "records": 0}
         self.watch = TrainingWatch(monitor.k)
@@ -131,10 +136,27 @@ class StreamTrainer:
         if ingested.entities:
             changes = self.tables.apply(ingested.entities)
             self.publisher.catalog_changed(changes, self.counters["batches"])
+        if ingested.replayed:
+            self.catch_up(ingested.replayed)
         self.watch.received([p.click.item_id for p in ingested.positives])
         for batch in self.batcher.add_many(
                 (p.click.user_id, p.click.item_id, p.click.ts) for p in ingested.positives):
             self.train(batch)
+
+    def catch_up(self, replayed) -> None:
+        """Train the model on clicks read again after a reset to a snapshot (their
+        popularity, histories, scores and counts were taken when first read): steps of
+        the minibatch size, on top of the snapshot's weights."""
+        size, learner = self.batcher.size, self.learner
+        for start in range(0, len(replayed), size):
+            chunk = replayed[start:start + size]
+            user_ids = [p.click.user_id for p in chunk]
+            item_ids = [p.click.item_id for p in chunk]
+            self.last_loss = learner.step(learner.make_batch(
+                user_ids, item_ids, learner.prefix_histories(user_ids, item_ids),
+                self.tables.users, self.tables.items))
+            self.counters["clicks_replayed"] += len(chunk)
+            self.counters["clicks_since_snapshot"] += len(chunk)
 
     def train_due(self) -> bool:
         """Train the partial minibatch if its timeout has passed; True if it did."""
@@ -162,6 +184,8 @@ class StreamTrainer:
         self.loss_trace.add(self.last_loss)
         step_seconds = time.perf_counter() - started
         self.counters["clicks_trained"] += len(batch)
+        self.counters["clicks_since_snapshot"] += len(batch)
+        self.newest_click_ts = max(self.newest_click_ts or -math.inf, max(c[2] for c in batch))
         self.counters["batches"] += 1
         self.timing["last_batch"] = time.monotonic()
         self.watch.after_step(self, batch, hits, health)

@@ -11,6 +11,10 @@ The worker composes named components and runs them on two threads::
                      (IndexSync's background writer)
     every N batches or seconds: pause the prefetcher, consume what it queued,
                      WorkerState.save: drain Qdrant writes, checkpoint, commit offsets
+    on a newer daily snapshot (SnapshotFollower, at a batch boundary): pause, train
+                     what is queued, take the snapshot's weights, rewind the examples
+                     to its cut (what follows is trained again on top of it), re-embed
+                     everything into new Qdrant collections, switch the aliases, checkpoint
 
 Exactly once with respect to the stream: everything that shapes the model is
 saved together in one checkpoint (:mod:`recallstream.consumers.worker_state`),
@@ -126,7 +130,7 @@ class Worker:
         from recallstream.streaming.prefetch import Prefetcher
 
         set_training_threads()
-        self.ingestor, self.trainer, self.state, self.index = open_components(
+        self.ingestor, self.trainer, self.state, self.index, self.follower = open_components(
             self.settings, self._given_index, RECALL_K, ROLLING_CLICKS)
         saved = self.store.load_latest()
         if saved is not None:
@@ -182,6 +186,7 @@ class Worker:
                 trainer.consume(ingested)
                 idle_since = time.monotonic()
             trainer.train_due()
+            self._maybe_reset()
             if self.upstream is not None:
                 self.upstream.check()
             if trainer.counters["batches"] != batches:
@@ -221,10 +226,37 @@ class Worker:
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
 
+    def _maybe_reset(self) -> None:
+        from recallstream.consumers.snapshot_reset import load_snapshot
+
+        version = self.follower.due(self.trainer.newest_click_ts)
+        snapshot = load_snapshot(self.follower, version, self.trainer.learner) if version else None
+        if snapshot is None:
+            return
+        started = time.perf_counter()
+        with self.prefetcher.paused() as queued:
+            for ingested in queued:  # train everything read so far: the rewind starts after it
+                self.trainer.consume(ingested)
+            self.trainer.flush()
+            self.trainer.learner.load_weights(snapshot.learner())
+            topic = self.settings.topic_examples
+            self.ingestor.rewind(topic, snapshot.cut_offsets.get(topic, {}))
+            self.trainer.publisher.rebuild(snapshot.version, self.counters["batches"])
+            self.follower.reset_done(snapshot.version)
+            self.trainer.counters["clicks_since_snapshot"] = 0
+            state = self.state.save(self.store)
+        metrics.observe_checkpoint(time.perf_counter() - started, state["created_at"])
+        metrics.observe_reset(snapshot.version, snapshot.created_at, time.perf_counter() - started)
+        self._last_checkpoint_at = time.monotonic()
+        self._batches_at_checkpoint = self.counters["batches"]
+        log.info("reset to snapshot v%d (cut %s); catching up from there",
+                 snapshot.version, snapshot.cut_offsets.get(topic))
+
     def report(self) -> dict[str, Any]:
         ingest = self.ingestor.counters()
         return {**self.counters, **self.trainer.monitor.report(), **self.trainer.loss_trace.report(),
                 "examples_seen": ingest["examples_seen"],
                 "dead_lettered": ingest["dead_lettered_total"], "orphans": ingest["orphans"],
-                "last_loss": self.trainer.last_loss, "stuck_polls_woken": self.prefetcher.wakes}
+                "last_loss": self.trainer.last_loss, "stuck_polls_woken": self.prefetcher.wakes,
+                "snapshot_version": self.follower.version, "resets": self.follower.resets}
 

@@ -21,19 +21,21 @@ class Components(NamedTuple):
     Examples
     --------
     >>> Components._fields
-    ('ingestor', 'trainer', 'state', 'index')
+    ('ingestor', 'trainer', 'state', 'index', 'follower')
     """
 
     ingestor: object
     trainer: StreamTrainer
     state: WorkerState
     index: object
+    follower: object
 
 
 def open_components(settings: Settings, index, recall_k: int, rolling_clicks: int) -> Components:
     """Connect to Kafka and Qdrant (``index``, or a new VectorIndex on ``settings.qdrant``)
     and build the worker's parts, in their initial state."""
     from recallstream.consumers.index_publisher import IndexPublisher
+    from recallstream.consumers.snapshot_follower import SnapshotFollower
     from recallstream.model.index_sync import IndexSync
     from recallstream.model.online import OnlineLearner
     from recallstream.model.prequential import PrequentialMonitor
@@ -54,4 +56,5 @@ def open_components(settings: Settings, index, recall_k: int, rolling_clicks: in
     trainer = StreamTrainer(learner, tables, PrequentialMonitor(recall_k, rolling_clicks),
                             Minibatcher(s.batch_size, s.batch_timeout_s),
                             IndexPublisher(sync, learner, tables, s.reembed_every_batches))
-    return Components(ingestor, trainer, WorkerState(ingestor, trainer), index)
+    follower = SnapshotFollower(s.snapshot_dir, s.snapshot_check_s, s.reset_every_event_days or None)
+    return Components(ingestor, trainer, WorkerState(ingestor, trainer, follower), index, follower)

@@ -14,6 +14,8 @@
     monitor          PrequentialMonitor.state_dict: hit rates, most-popular baseline
     index            IndexPublisher.state_dict: newest trained click per item
     watch            TrainingWatch.state_dict: the drift detectors (model/drift.py)
+    snapshot         SnapshotFollower.state_dict: the snapshot version the model is based
+                     on, the resets so far
 
 Saved together, atomically, they make training exactly once with respect to
 the stream: a restart loads them and seeks every partition to its offsets.
@@ -53,9 +55,10 @@ class WorkerState:
     trainer : StreamTrainer
     """
 
-    def __init__(self, ingestor, trainer: StreamTrainer) -> None:
+    def __init__(self, ingestor, trainer: StreamTrainer, follower=None) -> None:
         self.ingestor = ingestor
         self.trainer = trainer
+        self.follower = follower
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint; the ingestor must be paused at what the trainer consumed."""
@@ -70,7 +73,8 @@ class WorkerState:
                 "monitor": trainer.monitor.state_dict(),
                 "loss_trace": trainer.loss_trace.state_dict(),
                 "index": trainer.publisher.state_dict(),
-                "watch": trainer.watch.state_dict()}
+                "watch": trainer.watch.state_dict(),
+                "snapshot": self.follower.state_dict() if self.follower else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = upgrade(state)
@@ -88,6 +92,8 @@ class WorkerState:
         trainer.publisher.load_state_dict(state["index"])
         if "watch" in state:  # older checkpoints had no drift detectors
             trainer.watch.load_state_dict(state["watch"])
+        if self.follower is not None and state.get("snapshot"):  # nor snapshots
+            self.follower.load_state_dict(state["snapshot"])
 
     def save(self, store) -> dict[str, Any]:
         """Write the checkpoint to ``store`` once Qdrant has every published vector, then

@@ -144,8 +144,8 @@ class IndexSync:
         self.min_interval_s = min_interval_s
         self._sleep = sleep
         self._draining = 0
-        index.ensure_collection(items, dim)
-        index.ensure_collection(users, dim)
+        for name in (items, users):
+            ensure_aliased(index, name, dim)
         # kind -> id -> (vector, payload) or _DELETE; insertion order is write order
         self._pending: dict[str, dict[str, object]] = {"item": {}, "user": {}}
         self._lock = threading.Condition()
@@ -358,3 +358,15 @@ class IndexSync:
             self.index.upsert(collection, [i for i, _ in upserts],
                               np.stack([vector for _, (vector, _) in upserts]),
                               [payload for _, (_, payload) in upserts], kind=kind)
+
+
+def ensure_aliased(index: VectorIndex, alias: str, dim: int) -> None:
+    """Make ``alias`` name a collection: if nothing of that name exists, create
+    ``<alias>_v0`` and point the alias at it, so that a reset to a snapshot can later
+    fill ``<alias>_v<N>`` and switch the alias atomically (an existing collection or
+    alias of that name is kept, its dimension checked)."""
+    if index.exists(alias):
+        index.ensure_collection(alias, dim)
+        return
+    index.ensure_collection(f"{alias}_v0", dim)
+    index.swap_alias(alias, f"{alias}_v0")

@@ -159,6 +159,15 @@ class StreamIngestor:
         if self._aligner is not None:
             self._aligner.clear()  # buffered records were fetched from the old positions
 
+    def rewind(self, topic: str, offsets: Mapping[int | str, int]) -> None:
+        """Read ``topic`` again from ``offsets`` (a reset to a snapshot: its cut); what
+        was handled before comes again as ``Ingested.replayed``. Other partitions
+        resume where they were: nothing fetched but unhandled is lost."""
+        before = self._source.rewind(topic, {int(p): o for p, o in offsets.items()})
+        self._router.replay(topic, before)
+        if self._aligner is not None:
+            self._aligner.clear()  # buffered records were fetched from the old positions
+
     def counters(self) -> dict[str, Any]:
         """The router's counters (:meth:`RecordRouter.counters`)."""
         return self._router.counters()

@@ -108,6 +108,21 @@ class KafkaSource:
                 self._consumer.seek(tp, offset)
                 self._next[tp] = offset
 
+    def rewind(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Move ``topic``'s partitions to ``offsets`` and every other partition back to
+        its next offset to handle (records fetched but not handled are fetched again);
+        returns ``topic``'s next offsets to handle before the move."""
+        before = self.offsets().get(topic, {})
+        for tp in self.partitions:
+            if tp.topic == topic and tp.partition in offsets:
+                self._consumer.seek(tp, offsets[tp.partition])
+                self._next[tp] = offsets[tp.partition]
+            elif tp in self._next:
+                self._consumer.seek(tp, self._next[tp])
+            else:
+                self._consumer.seek_to_beginning(tp)
+        return before
+
     def commit(self, offsets: Mapping[str, Mapping[int | str, int]] | None = None) -> None:
         """Commit ``offsets`` (default: :meth:`offsets`) to the consumer group, for lag
         monitoring only; call it after the checkpoint that holds them."""

@@ -48,6 +48,9 @@ class Ingested:
     ----------
     positives : list of Positive
         Clicks ready for training, joined to their exposure or orphans.
+    replayed : list of Positive
+        Clicks read again after a reset to a snapshot (:meth:`RecordRouter.replay`):
+        to train on top of the snapshot, but already counted, scored and remembered.
     entities : list of EntityRecord or Tombstone
         Item and user changes, in stream order, for the feature tables.
     records : int
@@ -62,12 +65,14 @@ class Ingested:
     positives: list[Positive] = field(default_factory=list)
     entities: list[EntityRecord | Tombstone] = field(default_factory=list)
     records: int = 0
+    replayed: list[Positive] = field(default_factory=list)
 
     def extend(self, other: "Ingested") -> None:
         """Append ``other`` (the next records) to this result."""
         self.positives += other.positives
         self.entities += other.entities
         self.records += other.records
+        self.replayed += other.replayed
 
 
 @dataclass(slots=True)
@@ -104,6 +109,13 @@ class RecordRouter:
         self.kinds = dict(kinds)
         self._seen: Counter[str] = Counter()
         self._dead_lettered: Counter[str] = Counter()
+        self._replay_until: dict[str, dict[int, int]] = {}  # topic -> partition -> offset
+
+    def replay(self, topic: str, until: Mapping[int, int]) -> None:
+        """Records of ``topic`` read again below these offsets (per partition) are
+        *replayed*: handled before, now read again after a rewind (a reset to a
+        snapshot). Their examples go to ``Ingested.replayed``, and counters skip them."""
+        self._replay_until[topic] = {int(p): o for p, o in until.items()}
 
     def route(self, batches: Mapping[Any, Iterable[Any]]) -> Routed:
         """Handle records grouped by partition (see the module docstring)."""
@@ -111,15 +123,21 @@ class RecordRouter:
         kinds = self.kinds
         for tp in sorted(batches, key=lambda tp: (_KIND_ORDER[kinds[tp.topic]], tp.partition)):
             kind = kinds[tp.topic]
+            until = self._replay_until.get(tp.topic, {}).get(tp.partition, -1)
             for record in batches[tp]:
                 decoded = decode(kind, record.key, record.value)
-                if decoded.__class__ is Invalid:
+                if record.offset < until:
+                    if decoded.__class__ is Positive:  # dead letters and counts: done before
+                        out.ingested.replayed.append(decoded)
+                elif decoded.__class__ is Invalid:
                     self._dead_lettered[decoded.reason] += 1
                     out.dead_letters.append((record, decoded.reason))
                 else:
                     self._apply(decoded, out.ingested)
                 out.ingested.records += 1
                 out.next_offsets[tp] = record.offset + 1
+            if out.next_offsets.get(tp, -1) >= until >= 0:  # the replay of this partition is over
+                del self._replay_until[tp.topic][tp.partition]
         return out
 
     def counters(self) -> dict[str, Any]:
@@ -134,12 +152,16 @@ class RecordRouter:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """The counters, as plain JSON-able structures."""
-        return {"seen": dict(self._seen), "dead_lettered": dict(self._dead_lettered)}
+        """The counters and what is being replayed, as plain JSON-able structures."""
+        return {"seen": dict(self._seen), "dead_lettered": dict(self._dead_lettered),
+                "replay_until": {topic: {str(p): o for p, o in parts.items()}
+                                 for topic, parts in self._replay_until.items() if parts}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._seen = Counter(state["seen"])
         self._dead_lettered = Counter(state["dead_lettered"])
+        self._replay_until = {topic: {int(p): o for p, o in parts.items()}
+                              for topic, parts in state.get("replay_until", {}).items()}
 
     def _apply(self, decoded: Positive | EntityRecord | Tombstone, out: Ingested) -> None:
         cls = decoded.__class__

@@ -111,6 +111,11 @@ class Settings:
     snapshot_epochs: float = _setting(3.0, "passes of a snapshot's training over its examples")
     snapshot_batch_size: int = _setting(1024, "clicks per step of a snapshot's training")
     snapshot_keep: int = _setting(3, "snapshot versions kept (the newest; the current one always)")
+    snapshot_check_s: float = _setting(
+        30.0, "how often the worker looks for a newer snapshot to reset to (seconds)")
+    reset_every_event_days: float = _setting(
+        0.0, "reset to a newer snapshot only where this many days of event time end (replays: "
+             "the demo, tests); 0: as soon as one is published")
     seed: int = _setting(2020, "random seed")
 
     @classmethod

@@ -53,8 +53,8 @@ class FlakyIndex:
     def __init__(self, index, failures: int):
         self.index, self.failures = index, failures
 
-    def ensure_collection(self, name, dim):
-        self.index.ensure_collection(name, dim)
+    def __getattr__(self, name):  # collections and aliases: the wrapped index's
+        return getattr(self.index, name)
 
     def upsert(self, *args, **kwargs):
         if self.failures > 0:
