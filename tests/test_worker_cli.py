@@ -1,5 +1,6 @@
 """`recallstream worker`'s own errors (no Kafka needed): one line on stderr, nothing on stdout,
-and the documented exit status (3: the model is owned by another worker, 4: stalled ingestion;
+and the documented exit status (3: the model is owned by another worker, 4: stalled ingestion,
+1: the Qdrant Edge folder is open in another process;
 test_no_broker covers 2, test_worker_kafka the 3 of a real second worker)."""
 
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import recallstream.consumers.worker_cmd as worker_module
 from recallstream.consumers.cli import main
 from recallstream.model.checkpoint import CheckpointLocked
+from recallstream.model.edge_index import FolderInUse
 from recallstream.streaming.prefetch import StalledIngestion
 
 
@@ -16,6 +18,8 @@ from recallstream.streaming.prefetch import StalledIngestion
     (CheckpointLocked(Path("ckpt"), 4242), 3, "ckpt is owned by process 4242"),
     (StalledIngestion("a Kafka poll has not returned for 120 s"), 4,
      "a Kafka poll has not returned for 120 s; restart it"),
+    (FolderInUse("Qdrant Edge folder 'idx' is open in another client"), 1,
+     "Qdrant Edge folder 'idx' is open in another client"),
 ])
 def test_worker_errors_go_to_stderr_with_their_status(error, status, message, monkeypatch,
                                                       capsys, tmp_path):
