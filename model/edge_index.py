@@ -64,11 +64,38 @@ log = logging.getLogger(__name__)
 
 
 class FolderInUse(RuntimeError):
-    """Another client (in this process or another) has the Qdrant Edge folder open."""
+    """Another client (in this process or another) has the Qdrant Edge folder open.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> first = EdgeClient(folder)
+    >>> EdgeClient(folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    recallstream.model.edge_index.FolderInUse: Qdrant Edge folder '...' is open in another client ...
+    >>> first.close()
+    >>> EdgeClient(folder).close()  # released
+    """
 
 
 class EdgeClient:
-    """The qdrant-client calls VectorIndex makes, on Qdrant Edge shards in ``path``."""
+    """The qdrant-client calls VectorIndex makes, on Qdrant Edge shards in ``path``.
+
+    Use it through :class:`~recallstream.model.vector_index.VectorIndex` (``edge:PATH``);
+    its methods take and return qdrant-client's models.
+
+    >>> import tempfile
+    >>> from qdrant_client import models
+    >>> client = EdgeClient(tempfile.mkdtemp())
+    >>> client.create_collection("items_v1", models.VectorParams(size=2, distance="Cosine"))
+    True
+    >>> client.update_collection_aliases([models.CreateAliasOperation(
+    ...     create_alias=models.CreateAlias(collection_name="items_v1", alias_name="items"))])
+    True
+    >>> client.collection_exists("items"), client.count("items").count
+    (True, 0)
+    >>> client.close()
+    """
 
     def __init__(self, path: str) -> None:
         import qdrant_edge  # noqa: F401  (fail early if the package is missing)
