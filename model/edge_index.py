@@ -13,15 +13,17 @@ folder laid out as::
 
 A collection exists once its ``NAME.json`` does (written after its shard is
 created, removed before its shard is deleted), so a crash half-way through
-either leaves no half collection behind: the next open ignores the remains.
+either leaves no half collection behind: the next open removes the remains.
 
 Aliases are emulated: a table in memory, swapped whole under a lock and written
 to ``aliases.json`` by rename (then the folder is fsynced), so a reader resolves
 a name to the old or the new collection, never neither, and a restart finds the
 last table written. One ``update_collection_aliases`` call is one table swap:
 several alias actions apply together (``VectorIndex.swap_aliases``).
-Deleting a collection deletes its aliases first, as Qdrant does. ``query_points`` with ``lookup_from`` (recall by user
-id) reads the user's vector, then searches. Filters: ``HasIdCondition`` and
+Deleting a collection deletes its aliases first, as Qdrant does.
+
+``query_points`` with ``lookup_from`` (recall by user id) reads the user's
+vector, then searches. Filters: ``HasIdCondition`` and
 ``FieldCondition`` with ``MatchAny``/``MatchValue``, in ``must``/``must_not``/
 ``should``. One client per folder (as with qdrant-client's local mode): a second
 one, in this process or another, gets :class:`FolderInUse`.
@@ -125,6 +127,9 @@ class EdgeClient:
             name = meta_file.stem
             self._meta[name] = json.loads(meta_file.read_text())
             self._shards[name] = self._edge.EdgeShard.load(str(self._dir(name)))
+        for folder in (self.root / "collections").iterdir():
+            if folder.is_dir() and folder.name not in self._shards:  # created or deleted half-way
+                shutil.rmtree(folder, ignore_errors=True)
         aliases_file = self.root / "aliases.json"
         aliases: dict[str, str] = (json.loads(aliases_file.read_text())
                                    if aliases_file.exists() else {})

@@ -328,6 +328,7 @@ def test_an_edge_folder_left_by_a_crash_mid_delete_opens_clean(tmp_path):
     try:
         assert second.aliases() == {"users": "users_v1"}  # the dangling alias is dropped
         assert not second.exists("items_v1") and not second.exists("items")
+        assert not (tmp_path / "qdrant" / "collections" / "items_v1").exists()  # files removed
         fill_pair(second, 1)  # the name is free again: the leftover files are replaced
         assert second.count("items_v1") == 40
     finally:
