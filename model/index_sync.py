@@ -17,7 +17,8 @@ Qdrant holds derived data only: every vector can be recomputed from the
 model. So the worker never checkpoints stream offsets past vectors that are
 lost: it calls :meth:`IndexSync.drain` before a checkpoint, which returns
 only once everything queued has reached Qdrant, and re-embeds the whole
-catalog after a restart.
+catalog after a restart unless a persistent index already holds it as of the
+checkpoint (``IndexPublisher.ensure_catalog`` in the worker).
 
 Examples
 --------
