@@ -6,8 +6,8 @@
 3. replays MovieLens-100K into them at an accelerated rate, in a child process,
    while
 4. the joiner (a child process) joins exposures and clicks into training
-   examples, exactly once, and the worker trains on them with embedded Qdrant
-   and serves ``/metrics`` and ``/recall``;
+   examples, exactly once, and the worker trains on them with the embedded default
+   index (Qdrant Edge in the run's checkpoint folder) and serves ``/metrics`` and ``/recall``;
 5. prints a short report: clicks trained, dead letters, the rolling recall@50
    of each click against the model before it learned from it, and recall sets
    for a few users next to their recent history.
@@ -43,7 +43,7 @@ def run(args, settings) -> int:
     from recallstream.streaming.kafka_io import scratch_topics
 
     run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    settings = dataclasses.replace(settings, qdrant=":memory:",
+    settings = dataclasses.replace(settings, qdrant="edge:",
                                    checkpoint_dir=tempfile.mkdtemp(prefix=f"{run_id}-ckpt-"))
     with running_broker(settings, say=say) as settings, scratch_topics(settings, run_id) as settings:
         say(f"topics of this run: {run_id}-{{exposures,clicks,examples,items,users,dead-letters}}")
@@ -63,7 +63,7 @@ def _run_on_topics(args, settings) -> int:
         f"{args.rate:,.0f} events/s; the joiner turns them into examples and the worker "
         f"trains as they arrive "
         f"(metrics on http://127.0.0.1:{settings.metrics_port}/metrics)")
-    index = VectorIndex.connect(":memory:")
+    index = VectorIndex.connect(settings.qdrant_location())
     started = time.monotonic()
     # The replay runs in its own process: producer and worker each get a core and a GIL.
     replay = subprocess.Popen(_replay_command(args, settings), stdout=subprocess.PIPE)

@@ -135,7 +135,7 @@ class Worker:
         saved = self.store.load_latest()
         if saved is not None:
             self.state.load_state_dict(saved)
-        self.trainer.publisher.publish_catalog(self.trainer.counters["batches"])
+        self.trainer.publisher.ensure_catalog(self.trainer.counters["batches"])
         # a few polls ahead are enough to overlap ingestion with training; more would only
         # lengthen the drain before each checkpoint (and a graceful stop)
         self.prefetcher = Prefetcher(self.ingestor, max_queued=4)

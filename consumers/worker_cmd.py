@@ -64,6 +64,7 @@ def run(args, settings: Settings) -> int:
     from recallstream.consumers.cli import print_report
     from recallstream.model.checkpoint import CheckpointLocked
     from recallstream.model.index_sync import StalledIndex
+    from recallstream.model.edge_index import FolderInUse
     from recallstream.streaming.prefetch import StalledIngestion
 
     require_broker(settings)
@@ -77,6 +78,8 @@ def run(args, settings: Settings) -> int:
         report = worker.run()
     except CheckpointLocked as error:
         raise ModelOwned(str(error)) from error
+    except FolderInUse as error:  # edge:PATH outside the checkpoint folder, open elsewhere
+        raise CommandError(str(error)) from error
     except StalledIngestion as error:
         raise IngestionStalled(f"{error}; restart it: it resumes from its last checkpoint") from error
     except StalledIndex as error:

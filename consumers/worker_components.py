@@ -32,8 +32,8 @@ class Components(NamedTuple):
 
 
 def open_components(settings: Settings, index, recall_k: int, rolling_clicks: int) -> Components:
-    """Connect to Kafka and Qdrant (``index``, or a new VectorIndex on ``settings.qdrant``)
-    and build the worker's parts, in their initial state."""
+    """Connect to Kafka and Qdrant (``index``, or a new VectorIndex on
+    ``settings.qdrant_location()``) and build the worker's parts, in their initial state."""
     from recallstream.consumers.index_publisher import IndexPublisher
     from recallstream.consumers.snapshot_follower import SnapshotFollower
     from recallstream.model.index_sync import IndexSync
@@ -49,7 +49,7 @@ def open_components(settings: Settings, index, recall_k: int, rolling_clicks: in
     ingestor = StreamIngestor(s, aligner=RecordAligner(s.align_window_ms))
     learner = OnlineLearner(seed=s.seed)
     tables = EntityTables()
-    index = index or VectorIndex.connect(s.qdrant, s.qdrant_api_key or None)
+    index = index or VectorIndex.connect(s.qdrant_location(), s.qdrant_api_key or None)
     sync = IndexSync(index, items=s.collection_items, users=s.collection_users,
                      dim=learner.dim, min_interval_s=s.qdrant_write_interval_s,
                      drain_timeout_s=s.qdrant_drain_timeout_s)

@@ -6,16 +6,27 @@ collections or aliases, so :class:`EdgeClient` provides the small part of
 ``qdrant_client.QdrantClient``'s interface that ``VectorIndex`` calls, on a
 folder laid out as::
 
+    PATH/.lock                    held (flock) while a client has the folder open
     PATH/collections/NAME/        one EdgeShard per collection
-    PATH/collections/NAME.json    its vector size and distance
+    PATH/collections/NAME.json    its vector size, distance and metadata
     PATH/aliases.json             alias -> collection (replaced atomically)
 
+A collection exists once its ``NAME.json`` does (written after its shard is
+created, removed before its shard is deleted), so a crash half-way through
+either leaves no half collection behind: the next open removes the remains.
+
 Aliases are emulated: a table in memory, swapped whole under a lock and written
-to ``aliases.json`` by rename, so a reader resolves a name to the old or the new
-collection, never neither. ``query_points`` with ``lookup_from`` (recall by user
-id) reads the user's vector, then searches. Filters: ``HasIdCondition`` and
+to ``aliases.json`` by rename (then the folder is fsynced), so a reader resolves
+a name to the old or the new collection, never neither, and a restart finds the
+last table written. One ``update_collection_aliases`` call is one table swap:
+several alias actions apply together (``VectorIndex.swap_aliases``).
+Deleting a collection deletes its aliases first, as Qdrant does.
+
+``query_points`` with ``lookup_from`` (recall by user id) reads the user's
+vector, then searches. Filters: ``HasIdCondition`` and
 ``FieldCondition`` with ``MatchAny``/``MatchValue``, in ``must``/``must_not``/
-``should``. One process per folder, as with qdrant-client's local mode.
+``should``. One client per folder (as with qdrant-client's local mode): a second
+one, in this process or another, gets :class:`FolderInUse`.
 
 Examples
 --------
@@ -36,7 +47,9 @@ Examples
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import shutil
 import threading
@@ -49,9 +62,42 @@ import numpy as np
 
 PREFIX = "edge:"
 
+log = logging.getLogger(__name__)
+
+
+class FolderInUse(RuntimeError):
+    """Another client (in this process or another) has the Qdrant Edge folder open.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> first = EdgeClient(folder)
+    >>> EdgeClient(folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    recallstream.model.edge_index.FolderInUse: Qdrant Edge folder '...' is open in another client ...
+    >>> first.close()
+    >>> EdgeClient(folder).close()  # released
+    """
+
 
 class EdgeClient:
-    """The qdrant-client calls VectorIndex makes, on Qdrant Edge shards in ``path``."""
+    """The qdrant-client calls VectorIndex makes, on Qdrant Edge shards in ``path``.
+
+    Use it through :class:`~recallstream.model.vector_index.VectorIndex` (``edge:PATH``);
+    its methods take and return qdrant-client's models.
+
+    >>> import tempfile
+    >>> from qdrant_client import models
+    >>> client = EdgeClient(tempfile.mkdtemp())
+    >>> client.create_collection("items_v1", models.VectorParams(size=2, distance="Cosine"))
+    True
+    >>> client.update_collection_aliases([models.CreateAliasOperation(
+    ...     create_alias=models.CreateAlias(collection_name="items_v1", alias_name="items"))])
+    True
+    >>> client.collection_exists("items"), client.count("items").count
+    (True, 0)
+    >>> client.close()
+    """
 
     def __init__(self, path: str) -> None:
         import qdrant_edge  # noqa: F401  (fail early if the package is missing)
@@ -60,6 +106,20 @@ class EdgeClient:
             raise ValueError("edge: needs a folder, e.g. edge:var/qdrant-edge")
         self.root = Path(path)
         (self.root / "collections").mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise FolderInUse(f"Qdrant Edge folder {str(self.root)!r} is open in another client "
+                              "(one process, one client per folder)") from None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
         self._lock = threading.RLock()
         self._shards: dict[str, Any] = {}
         self._meta: dict[str, dict] = {}
@@ -67,9 +127,17 @@ class EdgeClient:
             name = meta_file.stem
             self._meta[name] = json.loads(meta_file.read_text())
             self._shards[name] = self._edge.EdgeShard.load(str(self._dir(name)))
+        for folder in (self.root / "collections").iterdir():
+            if folder.is_dir() and folder.name not in self._shards:  # created or deleted half-way
+                shutil.rmtree(folder, ignore_errors=True)
         aliases_file = self.root / "aliases.json"
-        self._aliases: dict[str, str] = (json.loads(aliases_file.read_text())
-                                         if aliases_file.exists() else {})
+        aliases: dict[str, str] = (json.loads(aliases_file.read_text())
+                                   if aliases_file.exists() else {})
+        dangling = {a: c for a, c in aliases.items() if c not in self._shards}
+        if dangling:  # only a crash inside delete_collection leaves these
+            log.warning("Qdrant Edge %s: dropping aliases of missing collections %s",
+                        self.root, dangling)
+        self._aliases = {a: c for a, c in aliases.items() if a not in dangling}
 
     @property
     def _edge(self):
@@ -98,7 +166,21 @@ class EdgeClient:
         self._shard(name)
         meta = self._meta[self._aliases.get(name, name)]
         vectors = models.VectorParams(size=meta["size"], distance=models.Distance(meta["distance"]))
-        return SimpleNamespace(config=SimpleNamespace(params=SimpleNamespace(vectors=vectors)))
+        return SimpleNamespace(config=SimpleNamespace(params=SimpleNamespace(vectors=vectors),
+                                                      metadata=meta.get("metadata")))
+
+    def update_collection(self, collection_name: str, metadata: dict | None = None) -> bool:
+        """Merge ``metadata`` into the collection's (top-level keys replaced), as Qdrant does."""
+        with self._lock:
+            self._shard(collection_name)
+            name = self._aliases.get(collection_name, collection_name)
+            if metadata is not None:
+                meta = {**self._meta[name],
+                        "metadata": {**(self._meta[name].get("metadata") or {}),
+                                     **json.loads(json.dumps(metadata))}}
+                _write_json(self._dir(name).with_suffix(".json"), meta)
+                self._meta[name] = meta
+        return True
 
     def create_collection(self, name: str, vectors_config) -> bool:
         edge = self._edge
@@ -120,14 +202,18 @@ class EdgeClient:
     def delete_collection(self, name: str) -> bool:
         with self._lock:
             collection = self._aliases.get(name, name)
-            shard = self._shards.pop(collection, None)
-            if shard is None:
+            if collection not in self._shards:
                 return False
+            # aliases first, then the collection's record, then its files: a crash at any
+            # point leaves either the collection whole or no trace a reader could find
+            self._set_aliases({a: c for a, c in self._aliases.items() if c != collection})
+            meta_file = self._dir(collection).with_suffix(".json")
+            meta_file.unlink(missing_ok=True)
+            _fsync_dir(meta_file.parent)
+            shard = self._shards.pop(collection)
             self._meta.pop(collection, None)
-            self._dir(collection).with_suffix(".json").unlink(missing_ok=True)
             shard.close()
             shutil.rmtree(self._dir(collection), ignore_errors=True)
-            self._set_aliases({a: c for a, c in self._aliases.items() if c != collection})
         return True
 
     def get_aliases(self):
@@ -147,6 +233,8 @@ class EdgeClient:
                     create = action.create_alias
                     if create.collection_name not in self._shards:
                         raise ValueError(f"Collection {create.collection_name!r} not found")
+                    if create.alias_name in self._shards:
+                        raise ValueError(f"Collection {create.alias_name!r} already exists")
                     table[create.alias_name] = create.collection_name
                 else:
                     raise NotImplementedError(f"alias action {action!r}")
@@ -213,11 +301,18 @@ class EdgeClient:
         return bool(self._shard(name).optimize())
 
     def close(self) -> None:
-        with self._lock:
-            for shard in self._shards.values():
-                shard.flush()
-                shard.close()
-            self._shards.clear()
+        """Flush and close every shard and release the folder (idempotent)."""
+        try:
+            with getattr(self, "_lock", threading.RLock()):
+                for shard in getattr(self, "_shards", {}).values():
+                    shard.flush()
+                    shard.close()
+                if hasattr(self, "_shards"):
+                    self._shards.clear()
+        finally:
+            if not self._lock_file.closed:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                self._lock_file.close()
 
 
 def _edge_id(point_id):
@@ -253,9 +348,20 @@ def _edge_filter(edge, query_filter):
 
 
 def _write_json(path: Path, obj) -> None:
+    """Replace ``path`` with ``obj`` as JSON atomically and durably (temp, fsync, rename,
+    fsync the folder): a crash leaves the old file or the new one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as f:
         json.dump(obj, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -25,7 +25,8 @@ Qdrant holds derived data only: every vector can be recomputed from the
 model. So the worker never checkpoints stream offsets past vectors that are
 lost: it calls :meth:`IndexSync.drain` before a checkpoint, which returns
 only once everything queued has reached Qdrant, and re-embeds the whole
-catalog after a restart. A drain has a deadline (``drain_timeout_s``, the
+catalog after a restart unless a persistent index already holds it as of the
+checkpoint (``IndexPublisher.ensure_catalog`` in the worker). A drain has a deadline (``drain_timeout_s``, the
 setting ``qdrant_drain_timeout_s`` in the worker): past it, :class:`StalledIndex`
 says that Qdrant has not taken the writes, and the worker exits (status 5) for a
 supervisor to restart it from its last checkpoint.

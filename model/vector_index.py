@@ -2,8 +2,8 @@
 
 Everything else in recallstream goes through :class:`VectorIndex`, whose
 interface is deliberately narrow (ensure a collection, upsert, delete, search,
-retrieve, count, swap an alias) so that another backend (qdrant-edge, see
-ROADMAP item 5) can stand behind it later.
+retrieve, count, collection metadata, swap aliases) so that another backend
+(Qdrant Edge, :mod:`recallstream.model.edge_index`) can stand behind it.
 
 :func:`connect` makes the ``qdrant_client.QdrantClient`` from one location
 string; the rest of the code path is the same for all three:
@@ -20,8 +20,8 @@ original id is kept in the payload under ``f"{kind}_id"`` (``item_id``,
 ``user_id``), which is where search results read it back from.
 
 Collection names may be aliases: Qdrant resolves them in every call, and
-:meth:`VectorIndex.swap_alias` repoints one atomically (one request carrying
-delete and create actions). qdrant-client's local mode supports aliases too
+:meth:`VectorIndex.swap_aliases` repoints several atomically (one request carrying
+their delete and create actions; :meth:`VectorIndex.swap_alias` for one). qdrant-client's local mode supports aliases too
 (``update_collection_aliases`` applies the actions to a copy of its alias table
 and then replaces the table in one assignment), so no fallback is needed: a
 query in another thread sees the old or the new collection, whole.
@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -190,6 +190,27 @@ class VectorIndex:
     def delete_collection(self, name: str) -> None:
         self._call(self.client.delete_collection, name)
 
+    def metadata(self, name: str) -> dict:
+        """The metadata of collection ``name`` (through an alias too); ``{}`` if none."""
+        config = self._call(self.client.get_collection, self.resolve(name)).config
+        return dict(getattr(config, "metadata", None) or {})
+
+    def update_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
+        """Merge ``metadata`` into collection ``name``'s: each top-level key is replaced.
+
+        Collection metadata is Qdrant's place for application facts about the data
+        (the model version its vectors come from, for one); it survives restarts
+        wherever the points do.
+
+        >>> index = VectorIndex.connect(":memory:")
+        >>> index.ensure_collection("items", dim=2)
+        >>> index.update_metadata("items", {"model": {"version": 3}})
+        >>> index.update_metadata("items", {"note": "x"})
+        >>> index.metadata("items")
+        {'model': {'version': 3}, 'note': 'x'}
+        """
+        self._call(self.client.update_collection, self.resolve(name), metadata=dict(metadata))
+
     def resolve(self, name: str) -> str:
         """The collection behind ``name`` (itself if it is not an alias)."""
         return self.aliases().get(name, name)
@@ -205,17 +226,50 @@ class VectorIndex:
         Delete and create travel in one request, which Qdrant applies together,
         so readers of ``alias`` never find it missing or half switched.
         """
+        return self.swap_aliases({alias: collection})[alias]
+
+    def swap_aliases(self, targets: Mapping[str, str]) -> dict[str, str | None]:
+        """Point every alias of ``targets`` (alias -> collection) at its collection, all
+        in one alias request; return each alias's previous collection (None if new).
+
+        Qdrant applies the actions of one request together (qdrant-client's local
+        mode and Qdrant Edge replace their whole alias table at once), so a reader
+        resolving ``items`` and ``users`` in one call sees both old or both new.
+        Raises ``ValueError`` for no targets, a target that is not a collection, or
+        an alias named like an existing collection; nothing is switched then.
+
+        >>> index = VectorIndex.connect(":memory:")
+        >>> for name in ("items_v1", "users_v1", "items_v2", "users_v2"):
+        ...     index.ensure_collection(name, dim=2)
+        >>> index.swap_aliases({"items": "items_v1", "users": "users_v1"})
+        {'items': None, 'users': None}
+        >>> index.swap_aliases({"items": "items_v2", "users": "users_v2"})
+        {'items': 'items_v1', 'users': 'users_v1'}
+        >>> index.aliases() == {"items": "items_v2", "users": "users_v2"}
+        True
+        """
         from qdrant_client import models
 
-        previous = self.aliases().get(alias)
-        actions: list[Any] = []
-        if previous is not None:
-            actions.append(models.DeleteAliasOperation(
-                delete_alias=models.DeleteAlias(alias_name=alias)))
-        actions.append(models.CreateAliasOperation(
-            create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
-        self._call(self.client.update_collection_aliases, change_aliases_operations=actions)
-        return previous
+        if not targets:
+            raise ValueError("swap_aliases needs at least one alias -> collection")
+        with self._lock:  # embedded: no other call between reading and switching the table
+            current = self.aliases()
+            for alias, collection in targets.items():
+                if not alias or not collection:
+                    raise ValueError(f"empty alias or collection name in {dict(targets)!r}")
+                if collection in current or not self.exists(collection):
+                    raise ValueError(f"alias {alias!r}: {collection!r} is not a collection")
+                if alias not in current and self.exists(alias):
+                    raise ValueError(f"alias {alias!r}: a collection has that name")
+            actions: list[Any] = []
+            for alias, collection in targets.items():
+                if alias in current:
+                    actions.append(models.DeleteAliasOperation(
+                        delete_alias=models.DeleteAlias(alias_name=alias)))
+                actions.append(models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
+            self._call(self.client.update_collection_aliases, change_aliases_operations=actions)
+        return {alias: current.get(alias) for alias in targets}
 
     # -- points ------------------------------------------------------------------
 

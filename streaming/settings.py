@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+EDGE_FOLDER = "qdrant-edge"  # the default embedded index, inside the checkpoint folder
+
+
 def _setting(default: Any, help: str, env: str | None = None, secret: bool = False) -> Any:
     # A secret stays out of repr() too, so no log line or error message shows it by accident.
     return field(default=default, repr=not secret,
@@ -77,8 +80,10 @@ class Settings:
             "event time, so a replay of old data would otherwise expire at once; keep at least "
             "the snapshot's days)")
     consumer_group: str = _setting("recallstream-worker", "consumer group used for lag monitoring")
-    qdrant: str = _setting(":memory:", "Qdrant: ':memory:', a local path, or a server URL",
-                           env="QDRANT_URL")
+    qdrant: str = _setting(
+        "edge:", "Qdrant: 'edge:' (Qdrant Edge in CHECKPOINT_DIR/qdrant-edge), edge:PATH, "
+                 "':memory:' (qdrant-client's local mode), a local path, or a server URL",
+        env="QDRANT_URL")
     qdrant_api_key: str = _setting("", "API key of a Qdrant server", env="QDRANT_API_KEY",
                                    secret=True)
     collection_items: str = _setting("items", "Qdrant collection (or alias) of item vectors")
@@ -140,6 +145,24 @@ class Settings:
             settings = dataclasses.replace(
                 settings, bootstrap_servers=f"127.0.0.1:{settings.broker_port}")
         return settings
+
+    def qdrant_location(self) -> str:
+        """Where the vector index is: ``qdrant``, with ``edge:`` alone (the default) made
+        ``edge:CHECKPOINT_DIR/qdrant-edge``.
+
+        The embedded index holds vectors derived from the checkpointed model, so it
+        lives beside the checkpoints: one worker owns both (the checkpoint folder's
+        lock), a fresh checkpoint folder comes with a fresh index, and a restart
+        finds the index it left (see ``IndexPublisher.ensure_catalog``).
+
+        >>> Settings.resolve(environ={}).qdrant_location()
+        'edge:var/checkpoints/qdrant-edge'
+        >>> Settings.resolve(environ={"QDRANT_URL": ":memory:"}).qdrant_location()
+        ':memory:'
+        """
+        if self.qdrant == "edge:":
+            return f"edge:{os.path.join(self.checkpoint_dir, EDGE_FOLDER)}"
+        return self.qdrant
 
     def flags(self, *names: str) -> list[str]:
         """The CLI flags that give another process these settings' values of ``names``.

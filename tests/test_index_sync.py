@@ -17,9 +17,11 @@ from recallstream.model.vector_index import VectorIndex
 WAIT_S = 10  # how long a wait for something that must happen may take before the test fails
 
 
-@pytest.fixture
-def index():
-    index = VectorIndex.connect(":memory:")
+@pytest.fixture(params=["memory", "edge"])
+def index(request, tmp_path):
+    """Every test runs on both embedded backends: qdrant-client's local mode and Qdrant Edge."""
+    index = VectorIndex.connect(":memory:" if request.param == "memory"
+                                else f"edge:{tmp_path / 'qdrant-edge'}")
     yield index
     index.close()
 

@@ -71,6 +71,24 @@ def test_bench_qdrant_reports_upsert_and_search_figures_per_size(capsys):
         assert sized and all(figures[key] > 0 for key in sized), figures
 
 
+def test_bench_qdrant_on_the_default_edge_uses_a_scratch_folder(capsys, tmp_path):
+    figures = run_json(capsys, "bench", "qdrant", "--runs", "1", "--sizes", "50", "--dim", "8",
+                       "--queries", "5", "--limit", "10", "--checkpoint-dir", str(tmp_path))
+    assert figures["qdrant"] == "edge:" and figures["upsert_points_per_s_50"] > 0
+    assert not (tmp_path / "qdrant-edge").exists()  # never the worker's index
+
+
+def test_bench_recall_reports_p50_and_p99_per_embedded_backend_and_size(capsys, monkeypatch):
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    figures = run_json(capsys, "bench", "recall", "--sizes", "100,300", "--dim", "8",
+                       "--users", "5", "--queries", "10", "--limit", "5")
+    for backend in ("memory", "edge"):
+        for size in (100, 300):
+            for way in ("api", "http"):
+                p50, p99 = (figures[f"{backend}_{way}_p{q}_ms_{size}"] for q in (50, 99))
+                assert 0 < p50 <= p99, (backend, way, size, figures)
+
+
 def test_bench_replay_reports_events_per_second(kafka_settings, capsys):
     figures = run_json(capsys, "bench", "replay", "--runs", "1", "--limit", "50",
                        *kafka_settings.flags("bootstrap_servers"))

@@ -166,6 +166,175 @@ def test_alias_swap_is_atomic_for_readers(index):
     assert index.resolve("items") == "items_v1"
 
 
+K = 10
+
+
+def fill_pair(index, version, n=40, dim=8):
+    """items_vN and users_vN: user "u"'s vector is item i{N % n}'s, so through a matching
+    pair of collections the top hit is that item with score 1; through a mixed pair it is not."""
+    rng = np.random.default_rng(version)
+    items = unit_rows(rng, n, dim)
+    index.ensure_collection(f"items_v{version}", dim=dim)
+    index.ensure_collection(f"users_v{version}", dim=dim)
+    index.upsert(f"items_v{version}", [f"i{i}" for i in range(n)], items,
+                 [{"version": version}] * n)
+    index.upsert(f"users_v{version}", ["u"], items[version % n:version % n + 1],
+                 [{"version": version}], kind="user")
+
+
+def test_swap_aliases_switches_several_aliases_together_for_readers(index):
+    fill_pair(index, 1)
+    assert index.swap_aliases({"items": "items_v1", "users": "users_v1"}) == {
+        "items": None, "users": None}
+    seen, errors, done = [], [], threading.Event()
+    progress = threading.Condition()
+
+    def reader():
+        try:
+            while not done.is_set():
+                hits = index.search_by_point_id("items", "users", "u", limit=K)
+                versions = {h[2]["version"] for h in hits}
+                assert len(hits) == K, f"{len(hits)} hits"
+                assert len(versions) == 1, f"items of versions {versions} in one answer"
+                version = versions.pop()
+                # the user vector came from the users collection of the same version
+                assert hits[0][0] == f"i{version % 40}" and hits[0][1] > 0.9999, hits[0]
+                with progress:
+                    seen.append(version)
+                    progress.notify_all()
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+            with progress:
+                progress.notify_all()
+
+    thread = threading.Thread(target=reader, name="aliases-reader")
+    thread.start()
+    try:
+        for version in range(2, 9):
+            fill_pair(index, version)  # created and filled while readers use the old pair
+            previous = index.swap_aliases({"items": f"items_v{version}",
+                                           "users": f"users_v{version}"})
+            assert previous == {"items": f"items_v{version - 1}", "users": f"users_v{version - 1}"}
+            index.delete_collection(previous["items"])  # readers are on the new pair now
+            index.delete_collection(previous["users"])
+            with progress:  # let the reader query the new pair a few times
+                count = len(seen)
+                assert progress.wait_for(lambda: len(seen) >= count + 3 or errors, timeout=60)
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert set(seen) >= set(range(2, 9))  # every pair served readers
+    assert seen == sorted(seen)  # never back to an older pair
+    assert index.aliases() == {"items": "items_v8", "users": "users_v8"}
+    assert not index.exists("items_v7") and not index.exists("users_v1")
+
+
+def test_swap_aliases_is_one_alias_request(index, monkeypatch):
+    # what makes the switch atomic on a server, where no lock of ours holds readers back
+    fill_pair(index, 1)
+    fill_pair(index, 2)
+    index.swap_aliases({"items": "items_v1", "users": "users_v1"})
+    requests = []
+    send = index.client.update_collection_aliases
+    monkeypatch.setattr(index.client, "update_collection_aliases",
+                        lambda **kw: requests.append(kw["change_aliases_operations"]) or send(**kw))
+    index.swap_aliases({"items": "items_v2", "users": "users_v2"})
+    assert len(requests) == 1
+    assert [type(a).__name__ for a in requests[0]] == [
+        "DeleteAliasOperation", "CreateAliasOperation"] * 2
+    assert index.aliases() == {"items": "items_v2", "users": "users_v2"}
+
+
+def test_swap_aliases_rejects_bad_targets_and_switches_nothing(index):
+    fill_pair(index, 1)
+    fill_pair(index, 2)
+    index.swap_aliases({"items": "items_v1", "users": "users_v1"})
+    with pytest.raises(ValueError, match="at least one"):
+        index.swap_aliases({})
+    with pytest.raises(ValueError, match="'items_v9' is not a collection"):
+        index.swap_aliases({"items": "items_v2", "users": "items_v9"})
+    with pytest.raises(ValueError, match="'users' is not a collection"):
+        index.swap_aliases({"items": "users"})  # an alias, not a collection
+    with pytest.raises(ValueError, match="a collection has that name"):
+        index.swap_aliases({"items_v1": "items_v2"})
+    assert index.aliases() == {"items": "items_v1", "users": "users_v1"}
+    assert index.swap_alias("items", "items_v2") == "items_v1"
+
+
+def test_collection_metadata_is_merged_and_read_through_aliases(index):
+    index.ensure_collection("items_v1", dim=4)
+    assert index.metadata("items_v1") == {}
+    index.swap_alias("items", "items_v1")
+    index.update_metadata("items", {"catalog": {"version": 3}, "note": "a"})
+    index.update_metadata("items_v1", {"catalog": {"version": 4}})
+    assert index.metadata("items") == index.metadata("items_v1") == {
+        "catalog": {"version": 4}, "note": "a"}
+    with pytest.raises(ValueError, match="not found"):
+        index.metadata("nothing")
+
+
+def test_a_restart_keeps_collections_aliases_points_and_metadata(tmp_path):
+    path = location("edge", tmp_path / "qdrant")
+    first = VectorIndex.connect(path)
+    for version in (1, 2):
+        fill_pair(first, version)
+        first.swap_aliases({"items": f"items_v{version}", "users": f"users_v{version}"})
+    first.delete_collection("items_v1")
+    first.delete_collection("users_v1")
+    first.update_metadata("items", {"catalog": {"version": 2}})
+    before = first.search_by_point_id("items", "users", "u", limit=K)
+    first.close()
+
+    second = VectorIndex.connect(path)
+    try:
+        assert second.aliases() == {"items": "items_v2", "users": "users_v2"}
+        assert not second.exists("items_v1") and not second.exists("users_v1")
+        assert second.count("items") == 40 and second.count("users") == 1
+        assert second.metadata("items") == {"catalog": {"version": 2}}
+        after = second.search_by_point_id("items", "users", "u", limit=K)
+        assert [(h[0], h[2]) for h in after] == [(h[0], h[2]) for h in before]
+        fill_pair(second, 3)  # and it goes on working: a swap after the restart
+        assert second.swap_aliases({"items": "items_v3", "users": "users_v3"})["items"] == "items_v2"
+    finally:
+        second.close()
+    third = VectorIndex.connect(path)
+    try:
+        assert third.resolve("items") == "items_v3" and third.resolve("users") == "users_v3"
+    finally:
+        third.close()
+
+
+def test_an_edge_folder_has_one_client_at_a_time(tmp_path):
+    from recallstream.model.edge_index import FolderInUse
+
+    path = location("edge", tmp_path / "qdrant")
+    first = VectorIndex.connect(path)
+    with pytest.raises(FolderInUse, match="open in another client"):
+        VectorIndex.connect(path)
+    first.close()
+    VectorIndex.connect(path).close()  # released by close
+
+
+def test_an_edge_folder_left_by_a_crash_mid_delete_opens_clean(tmp_path):
+    path = location("edge", tmp_path / "qdrant")
+    first = VectorIndex.connect(path)
+    fill_pair(first, 1)
+    first.swap_aliases({"items": "items_v1", "users": "users_v1"})
+    first.close()
+    # a crash after the collection's record was removed, before its files and aliases were
+    (tmp_path / "qdrant" / "collections" / "items_v1.json").unlink()
+    second = VectorIndex.connect(path)
+    try:
+        assert second.aliases() == {"users": "users_v1"}  # the dangling alias is dropped
+        assert not second.exists("items_v1") and not second.exists("items")
+        assert not (tmp_path / "qdrant" / "collections" / "items_v1").exists()  # files removed
+        fill_pair(second, 1)  # the name is free again: the leftover files are replaced
+        assert second.count("items_v1") == 40
+    finally:
+        second.close()
+
+
 @pytest.mark.parametrize("backend", ["path", "edge"])
 def test_local_path_persists_points_and_aliases(tmp_path, backend):
     path = location(backend, tmp_path / "qdrant")

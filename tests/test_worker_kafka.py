@@ -27,6 +27,7 @@ from recallstream.consumers.local_kafka import free_port
 from recallstream.consumers.replay import ReplayPlan, publish
 from recallstream.consumers.worker import Worker, WorkerOptions
 from recallstream.model.checkpoint import CheckpointStore
+from recallstream.model.recall import Recaller
 from recallstream.model.vector_index import VectorIndex
 from recallstream.streaming.kafka_io import read_topic
 from recallstream.streaming.movielens import load_movielens
@@ -107,6 +108,46 @@ def test_worker_trains_every_click_once_and_fills_qdrant(stream, tmp_path):
     # a second run finds nothing new: every click was applied exactly once
     again = Worker(settings, WorkerOptions(exit_when_idle_s=2.0), index=index).run()
     assert again["clicks_trained"] == CLICKS and again["batches"] == CLICKS // BATCH
+
+
+def test_a_restart_on_the_default_edge_index_serves_recall_without_re_embedding(stream, tmp_path):
+    import threading
+
+    settings = dataclasses.replace(with_checkpoints(stream, tmp_path / "ckpt"),
+                                   metrics_port=free_port())
+    assert settings.qdrant == "edge:"  # the default: Qdrant Edge beside the checkpoints
+    assert settings.qdrant_location() == f"edge:{tmp_path / 'ckpt' / 'qdrant-edge'}"
+    first = Worker(settings, WorkerOptions(exit_when_idle_s=2.0))
+    assert first.run()["clicks_trained"] == CLICKS
+    assert first.trainer.publisher.sync.points_written >= 1682  # the catalog, at least
+
+    ml = load_movielens("ml-100k")
+    user = str(ml.ratings[ml.time_order()[0]]["user_id"])
+    second = Worker(settings, WorkerOptions(exit_when_idle_s=2.0))  # nothing new to train
+    reports = []
+    thread = threading.Thread(target=lambda: reports.append(second.run()), name="worker")
+    thread.start()
+    answer = None
+    try:
+        url = f"http://127.0.0.1:{settings.metrics_port}/recall?k=10&user_id={user}"
+        while thread.is_alive() and answer is None:  # while the restarted worker runs
+            try:
+                answer = orjson.loads(urllib.request.urlopen(url, timeout=10).read())
+            except OSError:  # not attached yet (503) or not listening yet
+                time.sleep(0.02)
+    finally:
+        thread.join(timeout=120)
+    assert reports and (reports[0]["clicks_trained"], reports[0]["batches"]) == (CLICKS, CLICKS // BATCH)
+    assert second.trainer.publisher.sync.points_written == 0  # nothing re-embedded or rewritten
+    assert answer is not None, "the restarted worker never answered /recall"
+    assert len(answer["items"]) == 10
+    assert max(i["payload"]["model_version"] for i in answer["items"]) == CLICKS // BATCH
+    index = VectorIndex.connect(settings.qdrant_location())  # what the first run left
+    try:
+        stored = Recaller(index).recall(user, k=10)
+    finally:
+        index.close()
+    assert [i["item_id"] for i in answer["items"]] == [h.item_id for h in stored.items]
 
 
 def worker_command(settings) -> list[str]:

@@ -3,13 +3,15 @@
 For each catalog size, each run creates a fresh collection, upserts every item
 (points/s), re-upserts 1,000 "changed" items as the worker does after a batch
 (seconds), and times ``--queries`` top-``--limit`` searches (p50 and p99 in ms).
-Figures are medians over ``--runs`` runs. The location is ``--qdrant``
-(default ``:memory:``, qdrant-client's embedded local mode).
+Figures are medians over ``--runs`` runs. The location is ``--qdrant``; the
+default (``edge:``) is Qdrant Edge in a temporary folder, never the worker's index.
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
+import tempfile
 import time
 
 from recallstream.consumers.usage import positive_int
@@ -31,7 +33,9 @@ def run(args, settings) -> dict:
     rng = np.random.default_rng(settings.seed)
     figures: dict = {"qdrant": settings.qdrant if "://" not in settings.qdrant else "server",
                      "dim": args.dim, "limit": args.limit, "runs": args.runs}
-    index = VectorIndex.connect(settings.qdrant, settings.qdrant_api_key or None)
+    scratch = tempfile.mkdtemp(prefix="bench-qdrant-") if settings.qdrant == "edge:" else None
+    location = f"edge:{scratch}" if scratch else settings.qdrant_location()
+    index = VectorIndex.connect(location, settings.qdrant_api_key or None)
     try:
         for size in (int(s) for s in args.sizes.split(",")):
             vectors = rng.normal(size=(size, args.dim)).astype(np.float32)
@@ -42,6 +46,8 @@ def run(args, settings) -> dict:
                 figures[f"{key}_{size}"] = round(statistics.median(r[key] for r in runs), 4)
     finally:
         index.close()
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     return figures
 
 
