@@ -44,6 +44,7 @@ clicks u1 20.0 example-s3-0/c i2
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Iterator
@@ -83,6 +84,9 @@ class ReplayPlan:
         Seed of the impression simulation.
     name : str, optional
         Dataset name used in event ids (default: the dataset's source).
+    skip : int
+        Leave out the exposures and clicks of the first ``skip`` ratings (the
+        second part of a replay split in two; the catalog is published again).
 
     Examples
     --------
@@ -94,10 +98,13 @@ class ReplayPlan:
     exposures_per_click: int = 3
     seed: int = 2020
     name: str | None = None
+    skip: int = 0
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.skip < 0:
+            raise ValueError(f"skip must be >= 0, got {self.skip}")
 
     def order(self) -> np.ndarray:
         """Indices of the ratings replayed, in replay order."""
@@ -105,7 +112,7 @@ class ReplayPlan:
 
     @property
     def num_clicks(self) -> int:
-        return len(self.order())
+        return max(0, len(self.order()) - self.skip)
 
     @property
     def num_exposures(self) -> int:
@@ -139,7 +146,7 @@ class ReplayPlan:
                                          ratings["item_id"].tolist(),
                                          ratings["timestamp"].tolist())
         exposures_topic, clicks_topic = settings.topic_exposures, settings.topic_clicks
-        for exposures, click in events:
+        for exposures, click in itertools.islice(events, self.skip, None):
             key = click.key()  # the same user for the whole list
             for exposure in exposures:
                 yield exposures_topic, key, exposure.to_json()
@@ -287,6 +294,8 @@ def add_parser(subparsers) -> None:
     pace.add_argument("--rate", type=float, default=None, metavar="EVENTS_PER_S",
                       help=f"exposures + clicks per second (default {DEFAULT_RATE:g})")
     pace.add_argument("--max", action="store_true", help="send as fast as possible")
+    parser.add_argument("--skip", type=int, default=0, metavar="N",
+                        help="leave out the events of the first N ratings (a replay in two parts)")
     parser.add_argument("--exposures-per-click", type=int, default=3, metavar="K",
                         help="other items exposed with each clicked item (default 3)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -303,7 +312,8 @@ def run(args, settings) -> int:
         raise UsageError(f"--rate must be positive, got {rate}")
     dataset = load_dataset(args.dataset, args.data_dir)
     try:
-        plan = ReplayPlan(dataset, limit=args.limit, exposures_per_click=args.exposures_per_click,
+        plan = ReplayPlan(dataset, limit=args.limit, skip=args.skip,
+                          exposures_per_click=args.exposures_per_click,
                           seed=settings.seed, name=args.dataset)
         plan.simulator()  # validates K against the catalog before anything is sent
         require_broker(settings)

@@ -26,11 +26,11 @@ import orjson
 import pytest
 
 from recallstream.consumers.checkpoint_cmd import summarize
-from recallstream.consumers.replay import PRODUCER_OPTIONS, ReplayPlan, publish
+from recallstream.consumers.replay import ReplayPlan, publish
 from recallstream.consumers.worker import Worker, WorkerOptions
 from recallstream.model.checkpoint import CheckpointStore
 from recallstream.model.vector_index import VectorIndex
-from recallstream.streaming.kafka_io import make_producer, read_topic
+from recallstream.streaming.kafka_io import read_topic
 from recallstream.streaming.movielens import load_movielens
 
 from conftest import join_examples
@@ -46,17 +46,6 @@ FLAGS = ("bootstrap_servers", "topic_exposures", "topic_clicks", "topic_items", 
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "recallstream.consumers.cli", *args]
-
-
-def publish_rest(settings, plan: ReplayPlan, skip_clicks: int) -> None:
-    """The exposures and clicks of ``plan`` after its first ``skip_clicks`` clicks."""
-    producer = make_producer(settings, **PRODUCER_OPTIONS)
-    per_click = plan.exposures_per_click + 2
-    for n, (topic, key, value) in enumerate(plan.event_records(settings)):
-        if n >= skip_clicks * per_click:
-            producer.send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +66,7 @@ def stream(kafka_settings, tmp_path_factory):
                                    *settings.flags(*FLAGS)), capture_output=True, timeout=300)
         assert taken.returncode == 0, taken.stderr.decode()[-2000:]
         snapshot = orjson.loads(taken.stdout)
-        publish_rest(settings, ReplayPlan(ml, limit=ALL), skip_clicks=FIRST)
+        assert publish(ReplayPlan(ml, limit=ALL, skip=FIRST), settings, progress=False).clicks == ALL - FIRST
         assert join_examples(settings)["examples"] == ALL - FIRST
         yield settings, snapshots, snapshot
 
