@@ -33,14 +33,13 @@ Examples
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
 
 from recallstream.streaming.example_joiner import parse_example
-from recallstream.streaming.kafka_io import make_consumer, partitions_of
+from recallstream.streaming.kafka_io import make_consumer, partitions_of, records_until
 from recallstream.streaming.settings import Settings
 
 DAY_S = 86400.0
@@ -171,22 +170,7 @@ def _read_ranges(consumer: KafkaConsumer, starts: Mapping[TopicPartition, int],
     consumer.assign(sorted(pending, key=lambda tp: tp.partition))
     for tp in pending:
         consumer.seek(tp, starts[tp])
-    last_progress = time.monotonic()
-    while pending:
-        for tp, records in consumer.poll(timeout_ms=200).items():
-            for record in records:
-                if record.offset >= ends[tp]:
-                    break
-                yield record
-            last_progress = time.monotonic()
-        # The position tells the end is reached: transaction markers and aborted records
-        # occupy offsets a read_committed consumer never returns.
-        for tp in [tp for tp in pending if consumer.position(tp) >= ends[tp]]:
-            pending.discard(tp)
-            consumer.pause(tp)
-        if pending and time.monotonic() - last_progress > idle_timeout_s:
-            raise TimeoutError(f"no example from {sorted(pending)} for {idle_timeout_s} s "
-                               f"before the cut {_plain(ends)}")
+    yield from records_until(consumer, pending, ends, idle_timeout_s)
     consumer.resume(*consumer.paused())  # the next range starts from a clean assignment
 
 

@@ -373,13 +373,16 @@ def read_topic(settings: Settings, topic: str, *, from_offsets: Mapping[int, int
         consumer.assign(sorted(pending, key=lambda tp: tp.partition))
         for tp in pending:
             consumer.seek(tp, starts[tp])
-        yield from _records_until(consumer, pending, ends, idle_timeout_s)
+        yield from records_until(consumer, pending, ends, idle_timeout_s)
     finally:
         consumer.close()
 
 
-def _records_until(consumer: KafkaConsumer, pending: set[TopicPartition],
-                   ends: Mapping[TopicPartition, int], idle_timeout_s: float) -> Iterator[ConsumerRecord]:
+def records_until(consumer: KafkaConsumer, pending: set[TopicPartition],
+                  ends: Mapping[TopicPartition, int], idle_timeout_s: float) -> Iterator[ConsumerRecord]:
+    """The records of the ``pending`` partitions (assigned and sought) before ``ends``,
+    pausing each partition as it reaches its end; TimeoutError after ``idle_timeout_s``
+    without a record while some have not."""
     last_progress = time.monotonic()
     while pending:
         batches = consumer.poll(timeout_ms=200)
