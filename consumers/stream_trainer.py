@@ -48,6 +48,7 @@ from collections import deque
 from recallstream.consumers import metrics
 from recallstream.consumers.index_publisher import IndexPublisher
 from recallstream.consumers.watch import TrainingWatch
+from recallstream.model.catalog_vectors import BatchVectors
 from recallstream.model.prequential import PrequentialMonitor
 from recallstream.streaming.entity_tables import EntityTables
 from recallstream.streaming.minibatch import Minibatcher
@@ -177,10 +178,12 @@ class StreamTrainer:
         user_ids = [click[0] for click in batch]
         item_ids = [click[1] for click in batch]
         users, items = self.tables.users, self.tables.items
-        hits = self.monitor.score(self.learner, user_ids, item_ids, users, items)
-        health = self.watch.before_step(self.learner, user_ids, item_ids, users, items)
+        # the catalog and the batch's users embedded once, for the scores and the health figures
+        vectors = BatchVectors.compute(self.learner, user_ids, item_ids, users, items)
+        hits = self.monitor.score(self.learner, user_ids, item_ids, users, items, vectors)
+        health = self.watch.before_step(self.learner, user_ids, item_ids, users, items, vectors)
         started = time.perf_counter()
-        self.last_loss = self.learner.train_batch(user_ids, item_ids, users, items)
+        self.last_loss = self.learner.train_batch(user_ids, item_ids, users, items, vectors.histories)
         self.loss_trace.add(self.last_loss)
         step_seconds = time.perf_counter() - started
         self.counters["clicks_trained"] += len(batch)

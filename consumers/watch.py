@@ -55,8 +55,8 @@ class TrainingWatch:
                 if since is not None:
                     metrics.observe_freshness(now - since)
 
-    def before_step(self, learner, user_ids, item_ids, users, items) -> dict:
-        return batch_health(learner, user_ids, item_ids, users, items, self.k)
+    def before_step(self, learner, user_ids, item_ids, users, items, batch=None) -> dict:
+        return batch_health(learner, user_ids, item_ids, users, items, self.k, batch)
 
     def after_step(self, trainer, batch, hits, health: dict) -> None:
         """After the step on ``batch`` (before publishing it): figures, detectors, freshness marks."""

@@ -18,6 +18,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,8 +41,8 @@ class CatalogVectors:
     @classmethod
     def embed(cls, learner, items: Mapping[str, Mapping]) -> "CatalogVectors":
         """Every item of ``items`` embedded by ``learner``'s current model (anything with
-        ``embed_items(ids, items)`` and ``dim``)."""
-        item_ids = list(items)
+        ``embed_items(ids, items)`` and ``dim``), rows in sorted id order."""
+        item_ids = sorted(items)
         if not item_ids:
             return cls([], np.zeros((0, learner.dim), dtype=np.float32))
         return cls(item_ids, learner.embed_items(item_ids, items))
@@ -70,3 +71,33 @@ class CatalogVectors:
         # rank of the target = how many candidates score strictly higher
         better = (scores > target_scores[:, None]).sum(axis=1)
         return known & (better < k)
+
+
+@dataclass
+class BatchVectors:
+    """What one minibatch is scored with before its step, computed once and shared by
+    the prequential monitor and the health figures: each click's prefix history, the
+    whole catalog's vectors and the batch's user vectors (with those histories).
+
+    Examples
+    --------
+    >>> class Learner:  # a 2-d stand-in: items on the axes, a user is its last item
+    ...     dim = 2
+    ...     def prefix_histories(self, user_ids, item_ids): return [[] for _ in user_ids]
+    ...     def embed_items(self, ids, items): return np.array([[1.0, 0.0] if i == "a" else [0.0, 1.0] for i in ids])
+    ...     def embed_users(self, ids, users, histories): return np.ones((len(ids), 2))
+    >>> batch = BatchVectors.compute(Learner(), ["u1"], ["b"], {}, {"b": {}, "a": {}})
+    >>> batch.catalog.item_ids, batch.users.shape, batch.histories
+    (['a', 'b'], (1, 2), [[]])
+    """
+
+    histories: list[list[str]]
+    catalog: CatalogVectors
+    users: np.ndarray
+
+    @classmethod
+    def compute(cls, learner, user_ids: Sequence[str], item_ids: Sequence[str],
+                users: Mapping[str, Mapping], items: Mapping[str, Mapping]) -> "BatchVectors":
+        histories = learner.prefix_histories(user_ids, item_ids)
+        return cls(histories, CatalogVectors.embed(learner, items),
+                   np.asarray(learner.embed_users(user_ids, users, histories), dtype=np.float32))

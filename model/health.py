@@ -37,18 +37,22 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from recallstream.model.catalog_vectors import BatchVectors
+
 COLLAPSE_SAMPLE = 128  # items of the fixed sample (the first ids in sorted order)
 
 
 def batch_health(learner, user_ids: Sequence[str], item_ids: Sequence[str],
-                 users: Mapping[str, Mapping], items: Mapping[str, Mapping], k: int = 50) -> dict:
-    """Health figures of one minibatch, before its step (see the module docstring)."""
-    catalog = sorted(items)
-    if not catalog or not user_ids:
+                 users: Mapping[str, Mapping], items: Mapping[str, Mapping], k: int = 50,
+                 batch: BatchVectors | None = None) -> dict:
+    """Health figures of one minibatch, before its step (see the module docstring);
+    ``batch``: its vectors, if the caller has them already."""
+    if not items or not user_ids:
         return {}
-    vectors = learner.embed_items(catalog, items)
+    if batch is None:
+        batch = BatchVectors.compute(learner, user_ids, item_ids, users, items)
+    catalog, vectors, user_vectors = batch.catalog.item_ids, batch.catalog.vectors, batch.users
     row = {item_id: n for n, item_id in enumerate(catalog)}
-    user_vectors = learner.embed_users(user_ids, users, learner.prefix_histories(user_ids, item_ids))
     known = [n for n, item_id in enumerate(item_ids) if item_id in row]
     out = {"user_norm": float(np.linalg.norm(user_vectors, axis=1).mean()),
            "item_norm": float(np.linalg.norm(vectors, axis=1).mean())}

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from recallstream.model.catalog_vectors import CatalogVectors
+from recallstream.model.catalog_vectors import BatchVectors
 from recallstream.model.most_popular import MostPopularSoFar
 
 
@@ -133,23 +133,25 @@ class PrequentialMonitor:
         self.popular_hits = HitRate(window)
 
     def score(self, learner, user_ids: Sequence[str], item_ids: Sequence[str],
-              users: Mapping[str, Mapping], items: Mapping[str, Mapping]) -> np.ndarray:
+              users: Mapping[str, Mapping], items: Mapping[str, Mapping],
+              vectors: BatchVectors | None = None) -> np.ndarray:
         """Score the clicks ``(user_ids[i], item_ids[i])`` before ``learner`` trains on them.
 
         ``items`` is the whole known catalog (every candidate); ``users`` the user
-        features. Returns the model's hits; both rates and the baseline's counts
-        take the clicks in.
+        features; ``vectors`` the batch's vectors if the caller has them already.
+        Returns the model's hits; both rates and the baseline's counts take the
+        clicks in.
         """
-        return self.score_with_baseline(learner, user_ids, item_ids, users, items)[0]
+        return self.score_with_baseline(learner, user_ids, item_ids, users, items, vectors)[0]
 
     def score_with_baseline(self, learner, user_ids: Sequence[str], item_ids: Sequence[str],
-                            users: Mapping[str, Mapping],
-                            items: Mapping[str, Mapping]) -> tuple[np.ndarray, np.ndarray]:
+                            users: Mapping[str, Mapping], items: Mapping[str, Mapping],
+                            vectors: BatchVectors | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`score`, returning the hits of the model and of the baseline."""
-        catalog = CatalogVectors.embed(learner, items)
+        if vectors is None:
+            vectors = BatchVectors.compute(learner, user_ids, item_ids, users, items)
         exclude = self.clicked.prefixes(user_ids, item_ids)
-        user_vectors = learner.embed_users(user_ids, users, learner.prefix_histories(user_ids, item_ids))
-        hits = catalog.in_top_k(user_vectors, item_ids, self.k, exclude)
+        hits = vectors.catalog.in_top_k(vectors.users, item_ids, self.k, exclude)
         popular = self.baseline.hits_then_count(item_ids, self.k, exclude)
         self.model_hits.add(hits)
         self.popular_hits.add(popular)

@@ -68,7 +68,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recallstream.model.checkpoint import CheckpointError, decode, encode, fsync_path
+from recallstream.model.checkpoint import (CheckpointError, UnsafeCheckpoint, decode, encode,
+                                           fsync_path)
 
 __all__ = ["CorruptSnapshot", "EventRange", "Snapshot", "SnapshotError", "SnapshotLocked",
            "SnapshotStore", "UnsafeSnapshot"]
@@ -408,7 +409,7 @@ def _read_learner(folder: Path, expected: Mapping) -> dict:
         raise CorruptSnapshot(f"{path}: size or SHA-256 differs from the manifest")
     try:
         return decode(data, source=str(path))
-    except pickle.UnpicklingError as error:
+    except (pickle.UnpicklingError, UnsafeCheckpoint) as error:
         raise UnsafeSnapshot(f"{path} holds objects that would execute code when loaded; "
                              f"refused ({str(error).splitlines()[0]})") from None
     except CheckpointError as error:

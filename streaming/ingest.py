@@ -150,8 +150,10 @@ class StreamIngestor:
         return self._source.offsets()
 
     def lag(self) -> dict[str, int]:
-        """Records not yet handled, per topic (:meth:`KafkaSource.lag`)."""
-        return self._source.lag()
+        """Records not yet handled, per topic (:meth:`KafkaSource.lag`; a partition read to
+        its end with nothing held in the aligner is not behind)."""
+        aligner = self._aligner
+        return self._source.lag(lambda tp: aligner is None or aligner.buffered(tp) == 0)
 
     def seek(self, offsets: Mapping[str, Mapping[int | str, int]]) -> None:
         """Resume from ``offsets`` (as :meth:`KafkaSource.seek`)."""

@@ -22,7 +22,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -83,13 +83,20 @@ class KafkaSource:
             out.setdefault(tp.topic, {})[tp.partition] = offset
         return out
 
-    def lag(self) -> dict[str, int]:
+    def lag(self, settled: Callable[[TopicPartition], bool] = lambda tp: False) -> dict[str, int]:
         """Topic to records not yet handled (last known end offset minus next offset to
-        handle, summed over its partitions; partitions without a known end count 0)."""
+        handle, summed over its partitions; partitions without a known end count 0).
+
+        A partition fetched to its end for which ``settled(tp)`` holds (its caller keeps
+        none of its records back) counts 0: the offsets left between the last record
+        handled and the end are transaction markers, never records to handle.
+        """
         out: dict[str, int] = {}
         for tp in self.partitions:
             highwater = self._consumer.highwater(tp)
             behind = max(0, highwater - self._next.get(tp, 0)) if highwater is not None else 0
+            if behind and settled(tp) and self.fetched_to_end(tp):
+                behind = 0
             out[tp.topic] = out.get(tp.topic, 0) + behind
         return out
 

