@@ -100,6 +100,8 @@ class StreamTrainer:
     monitor : PrequentialMonitor
     batcher : Minibatcher of (user id, item id, event time)
     publisher : IndexPublisher
+    health_every : int
+        Compute the catalog-wide health figures every this many batches.
 
     Attributes
     ----------
@@ -113,7 +115,7 @@ class StreamTrainer:
     """
 
     def __init__(self, learner, tables: EntityTables, monitor: PrequentialMonitor,
-                 batcher: Minibatcher, publisher: IndexPublisher) -> None:
+                 batcher: Minibatcher, publisher: IndexPublisher, health_every: int = 1) -> None:
         self.learner = learner
         self.tables = tables
         self.monitor = monitor
@@ -127,7 +129,7 @@ class StreamTrainer:
         self.newest_click_ts: float | None = None  # event time of the newest click trained
         self.loss_trace = LossTrace()
         self.timing = {"last_batch": None, "records": 0}
-        self.watch = TrainingWatch(monitor.k)
+        self.watch = TrainingWatch(monitor.k, health_every)
         publisher.sync.on_write = self.watch.written
         publisher.sync.on_reject = metrics.observe_qdrant_rejected
 
@@ -181,7 +183,8 @@ class StreamTrainer:
         # the catalog and the batch's users embedded once, for the scores and the health figures
         vectors = BatchVectors.compute(self.learner, user_ids, item_ids, users, items)
         hits = self.monitor.score(self.learner, user_ids, item_ids, users, items, vectors)
-        health = self.watch.before_step(self.learner, user_ids, item_ids, users, items, vectors)
+        health = self.watch.before_step(self.learner, user_ids, item_ids, users, items, vectors,
+                                        self.counters["batches"])
         started = time.perf_counter()
         self.last_loss = self.learner.train_batch(user_ids, item_ids, users, items, vectors.histories)
         self.loss_trace.add(self.last_loss)

@@ -33,10 +33,18 @@ def age_bucket(age) -> str:
 
 
 class TrainingWatch:
-    """Health figures and drift detectors of a trainer's learner (module docstring)."""
+    """Health figures and drift detectors of a trainer's learner (module docstring).
 
-    def __init__(self, k: int = 50) -> None:
+    ``every``: the health figures that look at the whole catalog (scores, norms,
+    collapse, coverage, the popularity estimate) are computed every this many batches;
+    the rest (recall, loss, inputs) every batch.
+    """
+
+    def __init__(self, k: int = 50, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every!r}")
         self.k = k
+        self.every = every
         self.drift = DriftMonitor()
         self._received: dict[str, float] = {}   # item -> earliest untrained click, wall time
         self._published: dict[str, float] = {}  # item -> that time, once trained and published
@@ -55,7 +63,11 @@ class TrainingWatch:
                 if since is not None:
                     metrics.observe_freshness(now - since)
 
-    def before_step(self, learner, user_ids, item_ids, users, items, batch=None) -> dict:
+    def before_step(self, learner, user_ids, item_ids, users, items, batch=None,
+                    version: int = 0) -> dict:
+        """The catalog-wide health figures when batch ``version + 1`` is due for them."""
+        if version % self.every:
+            return {}
         return batch_health(learner, user_ids, item_ids, users, items, self.k, batch)
 
     def after_step(self, trainer, batch, hits, health: dict) -> None:
@@ -66,7 +78,7 @@ class TrainingWatch:
             since = self._received.pop(item_id, None)
             if since is not None:
                 self._published.setdefault(item_id, since)
-        figures = {**health, **popularity_health(learner, item_ids, tables.items)}
+        figures = {**health, **(popularity_health(learner, item_ids, tables.items) if health else {})}
         catalog = tables.items
         trained = trainer.publisher.item_last_click
         figures["never_trained"] = (sum(1 for item in catalog if item not in trained and item not in item_ids)

@@ -55,6 +55,7 @@ def open_components(settings: Settings, index, recall_k: int, rolling_clicks: in
                      drain_timeout_s=s.qdrant_drain_timeout_s)
     trainer = StreamTrainer(learner, tables, PrequentialMonitor(recall_k, rolling_clicks),
                             Minibatcher(s.batch_size, s.batch_timeout_s),
-                            IndexPublisher(sync, learner, tables, s.reembed_every_batches))
+                            IndexPublisher(sync, learner, tables, s.reembed_every_batches),
+                            s.health_every_batches)
     follower = SnapshotFollower(s.snapshot_dir, s.snapshot_check_s, s.reset_every_event_days or None)
     return Components(ingestor, trainer, WorkerState(ingestor, trainer, follower), index, follower)

@@ -116,6 +116,9 @@ class Settings:
     snapshot_epochs: float = _setting(3.0, "passes of a snapshot's training over its examples")
     snapshot_batch_size: int = _setting(1024, "clicks per step of a snapshot's training")
     snapshot_keep: int = _setting(3, "snapshot versions kept (the newest; the current one always)")
+    health_every_batches: int = _setting(
+        10, "compute the catalog-wide health figures (norms, collapse, coverage, popularity) "
+            "every N batches")
     snapshot_check_s: float = _setting(
         30.0, "how often the worker looks for a newer snapshot to reset to (seconds)")
     reset_every_event_days: float = _setting(

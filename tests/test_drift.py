@@ -81,3 +81,18 @@ def test_state_refuses_foreign_objects():
     state["detectors"]["loss"] = pickle.dumps({"x": print})
     with pytest.raises(pickle.UnpicklingError):
         DriftMonitor().load_state_dict(state)
+
+
+def test_the_catalog_wide_health_figures_come_every_n_batches():
+    from recallstream.consumers.watch import TrainingWatch
+    from recallstream.model.online import OnlineLearner
+    from recallstream.model.towers import movielens_config
+
+    learner = OnlineLearner(movielens_config(id_buckets=64, output_dim=4, hidden=(8,)), seed=0)
+    items = {f"i{n}": {} for n in range(5)}
+    watch = TrainingWatch(k=2, every=3)
+    due = [bool(watch.before_step(learner, ["u1", "u2"], ["i1", "i2"], {}, items, version=v))
+           for v in range(7)]
+    assert due == [True, False, False, True, False, False, True]
+    figures = watch.before_step(learner, ["u1", "u2"], ["i1", "i2"], {}, items, version=3)
+    assert {"user_norm", "item_norm", "collapse", "coverage"} <= set(figures)
