@@ -5,7 +5,7 @@ Runs one joiner process of the group ``<consumer_group>-joiner``: start several 
 with its own ``--instance``) to spread the partitions. SIGTERM or SIGINT stop it after
 the current transaction; a SIGKILL loses nothing (the next owner of its partitions
 restores their join state from the state log). Exit status 0 when stopped or idle,
-2 without a broker.
+2 without a broker. ``--joiner-metrics-port`` serves its Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -47,5 +47,16 @@ def run(args, settings: Settings) -> int:
         max_poll_records=args.max_poll_records, session_timeout_s=args.session_timeout,
         transaction_timeout_s=args.transaction_timeout, exit_when_idle_s=args.exit_when_idle))
     stop_on_signals(job.stop)
-    print_report(job.run(), args.json)
+    exported = None
+    if settings.joiner_metrics_port:
+        from recallstream.consumers.joiner_metrics import JoinerMetrics
+
+        exported = JoinerMetrics(lambda: dict(job.counters))
+        exported.start(settings.joiner_metrics_port, settings.http_host)
+    try:
+        report = job.run()
+    finally:
+        if exported is not None:
+            exported.stop()
+    print_report(report, args.json)
     return 0

@@ -104,6 +104,8 @@ class Settings:
     align_window_ms: int = _setting(
         100, "record-timestamp window that orders records across partitions deterministically")
     metrics_port: int = _setting(8000, "port of the worker's /metrics and /recall endpoint (0: off)")
+    joiner_metrics_port: int = _setting(
+        0, "port of the joiner's /metrics (0: off; docker-compose uses 8001)")
     http_host: str = _setting("127.0.0.1", "address the worker's HTTP endpoint binds (0.0.0.0: all)")
     recall_url: str = _setting(
         "", "worker endpoint `recallstream recall` asks in embedded mode "
