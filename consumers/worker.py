@@ -23,7 +23,8 @@ join in an order fixed by the logs (:mod:`recallstream.streaming.alignment`),
 so a restarted worker forms the same minibatches as one that never stopped.
 One worker owns a checkpoint directory (a lock), so a second one refuses to
 start instead of corrupting the model. Qdrant holds derived data: after a
-(re)start every catalog item is published again.
+(re)start the catalog is published again unless a persistent index holds it as of
+the checkpoint (IndexPublisher.ensure_catalog).
 """
 
 from __future__ import annotations
@@ -227,30 +228,17 @@ class Worker:
         self._batches_at_checkpoint = self.counters["batches"]
 
     def _maybe_reset(self) -> None:
-        from recallstream.consumers.snapshot_reset import load_snapshot
+        from recallstream.consumers.snapshot_reset import load_snapshot, reset_to
 
         version = self.follower.due(self.trainer.newest_click_ts)
         snapshot = load_snapshot(self.follower, version, self.trainer.learner) if version else None
         if snapshot is None:
             return
-        started = time.perf_counter()
         with self.prefetcher.paused() as queued:
-            for ingested in queued:  # train everything read so far: the rewind starts after it
-                self.trainer.consume(ingested)
-            self.trainer.flush()
-            self.trainer.learner.load_weights(snapshot.learner())
-            topic = self.settings.topic_examples
-            self.ingestor.rewind(topic, snapshot.cut_offsets.get(topic, {}))
-            self.trainer.publisher.rebuild(snapshot.version, self.counters["batches"])
-            self.follower.reset_done(snapshot.version)
-            self.trainer.counters["clicks_since_snapshot"] = 0
-            state = self.state.save(self.store)
-        metrics.observe_checkpoint(time.perf_counter() - started, state["created_at"])
-        metrics.observe_reset(snapshot.version, snapshot.created_at, time.perf_counter() - started)
+            reset_to(snapshot, queued, self.trainer, self.ingestor, self.follower,
+                     self.settings.topic_examples, lambda: self.state.save(self.store))
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
-        log.info("reset to snapshot v%d (cut %s); catching up from there",
-                 snapshot.version, snapshot.cut_offsets.get(topic))
 
     def report(self) -> dict[str, Any]:
         ingest = self.ingestor.counters()

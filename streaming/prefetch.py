@@ -145,7 +145,11 @@ class Prefetcher:
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[list]:
-        """Stop polling; yield the queued results (the caller must consume them all)."""
+        """Stop polling; yield the queued results (the caller must consume them all).
+
+        The caller may move the ingestor meanwhile (a rewind): :meth:`caught_up` is
+        false again until a poll after the pause finds every partition at its end.
+        """
         with self._cond:
             self._pause_requests += 1
             self._cond.wait_for(lambda: not self._polling)
@@ -157,6 +161,7 @@ class Prefetcher:
         finally:
             with self._cond:
                 self._pause_requests -= 1
+                self._caught_up = False
                 self._cond.notify_all()
 
     def close(self) -> None:

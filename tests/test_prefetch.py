@@ -124,6 +124,20 @@ def test_caught_up_needs_an_empty_queue(start):
     assert prefetcher.caught_up()
 
 
+def test_after_a_pause_that_rewinds_the_source_the_prefetcher_is_not_caught_up(start):
+    ingestor = CountingIngestor(limit=3)
+    prefetcher = start(ingestor, max_queued=5)
+    assert [prefetcher.get(timeout_s=WAIT_S) for _ in range(3)] == [1, 2, 3]
+    deadline = time.monotonic() + WAIT_S
+    while not prefetcher.caught_up():
+        assert time.monotonic() < deadline, "never caught up"
+        time.sleep(0.01)
+    with prefetcher.paused():
+        ingestor.n, ingestor.limit = 1, 3  # a rewind (the worker's reset to a snapshot)
+    assert not prefetcher.caught_up()  # whatever the last poll before the pause said
+    assert [prefetcher.get(timeout_s=WAIT_S) for _ in range(2)] == [2, 3]
+
+
 def test_an_ingestion_error_reaches_the_trainer_after_the_results_before_it(start):
     prefetcher = start(CountingIngestor(fail_at=3), max_queued=8)
     assert [prefetcher.get(timeout_s=WAIT_S), prefetcher.get(timeout_s=WAIT_S)] == [1, 2]
