@@ -129,8 +129,10 @@ def _replay_command(args, settings, limit) -> list[str]:
 
 
 def _take_snapshot(settings) -> dict:
-    say("taking a snapshot: `recallstream snapshot` trains on the last 7 days of examples")
+    # The first snapshot has no earlier one to start from: it trains on all examples so far.
+    say("taking a snapshot: `recallstream snapshot` trains on every example so far")
     done = subprocess.run([sys.executable, "-m", "recallstream.consumers.cli", "snapshot", "--json",
+                           "--snapshot-days", "3650",
                            *settings.flags("bootstrap_servers", "topic_examples", "topic_items",
                                            "topic_users", "snapshot_dir")],
                           stdout=subprocess.PIPE, check=True)

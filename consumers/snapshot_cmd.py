@@ -6,7 +6,8 @@ One run (cron or the compose file's loop call it daily):
    up to the cut, the end offsets at its start
    (:func:`recallstream.streaming.example_window.read_window`, ``read_committed``);
 2. reads the item and user features of the compacted ``items`` and ``users`` topics;
-3. trains a fresh learner of the worker's configuration for ``--snapshot-epochs``
+3. trains a learner of the worker's configuration, warm-started from the current
+   snapshot's weights (``--snapshot-warm-start``, default 1), for ``--snapshot-epochs``
    (:func:`recallstream.model.snapshot_training.train_full`: the training of the stream
    evaluation's snapshot policy), with a progress bar on stderr;
 4. publishes it into ``--snapshot-dir`` as the next version
@@ -70,13 +71,15 @@ def take_snapshot(settings: Settings, *, progress: bool = False) -> dict:
     if not window.examples:
         raise CommandError(f"no examples in topic {topic!r} before the cut {window.cut}; "
                            f"the current snapshot is unchanged")
-    learner, losses = _train(window, tables, settings, progress)
+    learner, warm_from = _start_learner(store, settings)
+    losses = _train(learner, window, tables, settings, progress)
     train_s = time.perf_counter() - started - read_s
     event_range = EventRange(first_ts=window.first_ts, last_ts=window.last_ts)
     metadata = {"days": settings.snapshot_days, "epochs": settings.snapshot_epochs,
                 "batch_size": settings.snapshot_batch_size, "seed": settings.seed,
                 "start_offsets": {topic: {str(p): o for p, o in window.starts.items()}},
-                "steps": len(losses), "final_loss": losses[-1], "items": len(tables.items),
+                "steps": len(losses), "final_loss": losses[-1], "warm_start_from": warm_from,
+                "items": len(tables.items),
                 "users": len(tables.users)}
     try:
         version = store.publish(learner.state_dict(), cut_offsets={topic: window.cut},
@@ -91,7 +94,7 @@ def take_snapshot(settings: Settings, *, progress: bool = False) -> dict:
                             "days": round(event_range.days, 6)},
             "cut_offsets": {topic: window.cut}, "start_offsets": {topic: window.starts},
             "items": len(tables.items), "users": len(tables.users),
-            "epochs": settings.snapshot_epochs, "steps": len(losses),
+            "epochs": settings.snapshot_epochs, "warm_start_from": warm_from, "steps": len(losses),
             "final_loss": round(losses[-1], 6),
             "read_s": round(read_s, 3), "train_s": round(train_s, 3),
             "seconds": round(time.perf_counter() - started, 3)}
@@ -119,13 +122,25 @@ def _read_entities(settings: Settings):
     return tables
 
 
-def _train(window, tables, settings: Settings, progress: bool):
+def _start_learner(store, settings: Settings):
+    """A learner of the worker's configuration, with the current snapshot's weights when
+    ``snapshot_warm_start`` is 1 and the towers match (as the stream evaluation's snapshot
+    policy: yesterday's model, trained again on the window); its version or None."""
+    from recallstream.model.online import OnlineLearner
+
+    learner = OnlineLearner(seed=settings.seed)
+    previous = store.current() if settings.snapshot_warm_start else None
+    if previous is None or previous.tower_config != learner.model.config.to_dict():
+        return learner, None
+    learner.load_weights(previous.learner())
+    return learner, previous.version
+
+
+def _train(learner, window, tables, settings: Settings, progress: bool) -> list[float]:
     from tqdm import tqdm
 
-    from recallstream.model.online import OnlineLearner
     from recallstream.model.snapshot_training import snapshot_steps, train_full
 
-    learner = OnlineLearner(seed=settings.seed)  # the worker's configuration
     steps = snapshot_steps(len(window.examples), settings.snapshot_epochs,
                            settings.snapshot_batch_size)
     with tqdm(total=steps, desc="snapshot", unit="step", file=sys.stderr,
@@ -135,4 +150,4 @@ def _train(window, tables, settings: Settings, progress: bool):
                             epochs=settings.snapshot_epochs,
                             batch_size=settings.snapshot_batch_size, seed=settings.seed,
                             progress=lambda done: bar.update(1))
-    return learner, losses
+    return losses

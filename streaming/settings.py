@@ -117,6 +117,8 @@ class Settings:
         7.0, "days of event time a snapshot trains on, counted back from the newest example")
     snapshot_epochs: float = _setting(3.0, "passes of a snapshot's training over its examples")
     snapshot_batch_size: int = _setting(1024, "clicks per step of a snapshot's training")
+    snapshot_warm_start: int = _setting(
+        1, "1: start a snapshot's training from the current snapshot's weights; 0: from scratch")
     snapshot_keep: int = _setting(3, "snapshot versions kept (the newest; the current one always)")
     health_every_batches: int = _setting(
         10, "compute the catalog-wide health figures (norms, collapse, coverage, popularity) "

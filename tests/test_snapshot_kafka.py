@@ -108,6 +108,11 @@ def test_snapshot_trains_on_the_last_days_up_to_the_cut_and_loads(joined, tmp_pa
     vectors = learner.embed_items(["1", "50"], {})
     assert vectors.shape == (2, 64) and abs((vectors ** 2).sum(axis=1) - 1).max() < 1e-5
 
+    # the next day's snapshot starts from this one's weights, not from scratch
+    assert summary["warm_start_from"] is None
+    again = run_snapshot(settings, tmp_path)
+    assert (again["version"], again["warm_start_from"]) == (2, 1)
+
 
 def start_job(settings, snapshot_dir) -> tuple[subprocess.Popen, threading.Event]:
     """The snapshot job as a subprocess, and an event set once its progress bar shows
