@@ -14,7 +14,8 @@
    joiner and the worker (restarted at once), restarts the broker (clean or
    SIGKILL), makes Qdrant fail for ``--outage-s`` seconds (the test hook of
    :mod:`recallstream.model.index_faults`), and takes snapshots (``recallstream
-   snapshot``) that the worker resets to at the next event-day boundary;
+   snapshot``; the replay waits for it) that the worker resets to at the next
+   event-day boundary;
 5. stops the chaos, stops both children gracefully, and lets a joiner then a
    worker catch up and exit when idle;
 6. audits (:mod:`recallstream.consumers.soak_audit`) and prints the figures:
@@ -242,6 +243,7 @@ class Soak:
                 self._chaos(started)
             finally:
                 self._end_outage()
+                self.feed.release()
             if self.feed.error is not None:
                 raise CommandError(f"the soak's producer failed: {self.feed.error!r}")
             self._catch_up()
@@ -334,6 +336,7 @@ class Soak:
         if status == 0:
             self._snapshots_wanted -= 1
             self.done["snapshot"] += 1
+            self.feed.release()
             self._log("snapshot published")
             if self._snapshots_wanted == 0:
                 return
@@ -344,6 +347,9 @@ class Soak:
                                    f"times; see {self.snapshotter.log_path}")
             self._snapshot_retry_at = time.monotonic() + 3.0
         if time.monotonic() >= self._snapshot_retry_at:
+            # the stream waits for the snapshot: events after it cross event days the
+            # worker resets at, however far behind or ahead of the feed it is
+            self.feed.hold()
             self.snapshotter.start()
 
     # -- the end: catch up and audit -------------------------------------------------

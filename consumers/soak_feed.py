@@ -105,6 +105,16 @@ class SoakFeed:
         self.failed_click_ids: list[str] = []
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.held, self.released = threading.Event(), threading.Event()
+
+    def hold(self) -> None:
+        """Stop sending (once what was handed to the producer is flushed) until :meth:`release`."""
+        self.released.clear()
+        self.held.set()
+
+    def release(self) -> None:
+        self.held.clear()
+        self.released.set()
 
     @property
     def total_events(self) -> int:
@@ -117,14 +127,18 @@ class SoakFeed:
 
         producer = make_producer(self.settings, **PRODUCER_OPTIONS)
         try:
-            pacer, events = Pacer(self.rate), 0
+            pacer, events, paced_from = Pacer(self.rate), 0, 0
             for plan in self.plans:
                 self._send_entities(producer, plan)
                 for topic, key, value in plan.event_records(self.settings):
+                    if self.held.is_set():
+                        producer.flush()
+                        self.released.wait()
+                        pacer, paced_from = Pacer(self.rate), events  # no burst after a hold
                     events += self._maybe_poison(producer, topic)
                     self._send_event(producer, topic, key, value)
                     events += 1
-                    pacer.wait_for(events)
+                    pacer.wait_for(events - paced_from)
             producer.flush()
         except BaseException as error:  # noqa: BLE001 - reported by the soak
             self.error = error

@@ -116,11 +116,9 @@ class Supervised:
     def run_once(self, extra: list[str] = (), timeout_s: float = 900.0) -> int:
         """Run the command (with ``extra`` arguments) to its end; its exit status."""
         self.start(extra)
-        process, self._process = self._process, None
-        self._wanted = False
+        self._wanted = False  # not restarted; :meth:`stop` still reaches it meanwhile
         try:
-            return process.wait(timeout_s)
+            return self._process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            self.stop(timeout_s=0)
             raise
