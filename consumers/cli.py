@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "recallstream.consumers.checkpoint_cmd",
     "recallstream.consumers.recall_cmd",
     "recallstream.consumers.demo",
+    "recallstream.consumers.soak",
     "recallstream.consumers.train",
     "recallstream.consumers.evaluate",
     "recallstream.consumers.bench",

@@ -7,8 +7,8 @@ deployments, the demo).
 Exit statuses: 0 when done; 1 when the ``--with-joiner`` joiner failed; 2 without a
 broker (or bad arguments); 3 when another worker owns the checkpoint directory; 4 when
 a Kafka poll never returned; 5 when Qdrant did not take the pending vectors within
-``qdrant_drain_timeout_s`` before a checkpoint (4 and 5: restart it, it resumes from
-its last checkpoint).
+``qdrant_drain_timeout_s`` before a checkpoint, or stayed unavailable beyond the index's
+retries (e.g. at start-up) (4 and 5: restart it, it resumes from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -84,6 +84,13 @@ def run(args, settings: Settings) -> int:
         raise IngestionStalled(f"{error}; restart it: it resumes from its last checkpoint") from error
     except StalledIndex as error:
         raise IndexStalled(f"{error}; restart it: it resumes from its last checkpoint") from error
+    except Exception as error:  # Qdrant away beyond the index's retries (e.g. at start-up)
+        from recallstream.model.vector_index import is_unavailable
+
+        if not is_unavailable(error):
+            raise
+        raise IndexStalled(f"Qdrant unavailable ({str(error)[:200]}); restart it: it resumes "
+                           f"from its last checkpoint") from error
     finally:
         if joiner is not None:
             joined = joiner.stop()

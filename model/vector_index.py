@@ -154,8 +154,16 @@ class VectorIndex:
 
     @classmethod
     def connect(cls, location: str, api_key: str | None = None, **kwargs: Any) -> "VectorIndex":
-        """An index on ``connect(location, api_key)``."""
-        return cls(connect(location, api_key), **kwargs)
+        """An index on ``connect(location, api_key)``.
+
+        A fault-injection run may set the test hook of :mod:`recallstream.model.index_faults`
+        (an environment variable): the client is then wrapped to fail on demand.
+        """
+        from recallstream.model.index_faults import with_injected_outages
+
+        index = cls(connect(location, api_key), **kwargs)  # decides on the lock by the real client
+        index.client = with_injected_outages(index.client)
+        return index
 
     def close(self) -> None:
         self.client.close()

@@ -156,8 +156,9 @@ def _newest_ts(consumer: KafkaConsumer, begins: Mapping[TopicPartition, int],
 def _starts_at(consumer: KafkaConsumer, partitions: list[TopicPartition], start_ts: float,
                cut: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
     """First offset of each partition whose record time is at or after ``start_ts`` (the
-    cut when there is none; never past the cut)."""
-    start_ms = math.floor(start_ts * 1000)  # timestamps are int(ts * 1000): floor keeps ties
+    cut when there is none; never past the cut). A window reaching back before the epoch
+    starts at time 0: Kafka refuses a negative target time."""
+    start_ms = max(0, math.floor(start_ts * 1000))  # int(ts * 1000) timestamps: floor keeps ties
     found = consumer.offsets_for_times({tp: start_ms for tp in partitions})
     return {tp: cut[tp] if found.get(tp) is None else min(found[tp].offset, cut[tp])
             for tp in partitions}

@@ -66,3 +66,23 @@ def test_a_worker_whose_qdrant_never_comes_back_stops_with_stalled_index(kafka_s
         # nothing was checkpointed (or committed) past the vectors Qdrant did not take
         assert CheckpointStore(settings.checkpoint_dir).paths() == []
         memory.close()
+
+
+def test_a_worker_starting_while_qdrant_is_away_exits_with_status_5_on_one_line(
+        topic_settings, tmp_path, monkeypatch, capsys):
+    # Qdrant made unavailable through the test hook of model/index_faults.py, as the soak does
+    from recallstream.consumers.cli import main
+    from recallstream.model.index_faults import OUTAGE_FILE_ENV
+
+    flag = tmp_path / "qdrant-down"
+    flag.touch()
+    monkeypatch.setenv(OUTAGE_FILE_ENV, str(flag))
+    status = main(["worker", "--exit-when-idle", "1", "--checkpoint-dir", str(tmp_path / "ckpt"),
+                   "--metrics-port", "0",
+                   *topic_settings.flags("bootstrap_servers", "topic_examples", "topic_items",
+                                         "topic_users", "topic_dead_letters", "consumer_group")])
+    out, err = capsys.readouterr()
+    assert status == 5, err[-2000:]
+    assert out == "" and "Traceback" not in err
+    assert "recallstream worker: error: Qdrant unavailable (injected Qdrant outage" in err
+    assert not CheckpointStore(str(tmp_path / "ckpt")).paths()
