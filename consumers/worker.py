@@ -24,6 +24,12 @@ so a restarted worker forms the same minibatches as one that never stopped.
 One worker owns a checkpoint directory (a lock), so a second one refuses to
 start instead of corrupting the model. Qdrant holds derived data: after a
 (re)start every catalog item is published again.
+
+A checkpoint that cannot be written (disk full) is logged and counted
+(``recallstream_checkpoint_failures_total``); nothing is committed, training goes on
+and the next checkpoint tries again (the final one, at a stop, raises). A damaged
+checkpoint is skipped for the previous one when the worker starts
+(``recallstream_corrupt_files_total{kind="checkpoint"}``).
 """
 
 from __future__ import annotations
@@ -111,14 +117,16 @@ class Worker:
 
         lock = OwnerLock(self.settings.checkpoint_dir).acquire(self.options.lock_timeout_s)
         try:
-            self.store = CheckpointStore(self.settings.checkpoint_dir)
+            self.store = CheckpointStore(
+                self.settings.checkpoint_dir,
+                on_corrupt=lambda _path, _error: metrics.observe_corrupt_file("checkpoint"))
             metrics.serve_metrics(self.settings.metrics_port, self.settings.http_host)
             self._open()
             self._attach_recaller()
             try:
                 self._loop()
                 self._observe_ingest()  # the final lag and counts, whenever the last tick was
-                self._checkpoint()
+                self._checkpoint(final=True)
             finally:
                 self._close()
         finally:
@@ -216,15 +224,31 @@ class Worker:
         return (self.counters["batches"] - self._batches_at_checkpoint >= s.checkpoint_every_batches
                 or time.monotonic() - self._last_checkpoint_at >= s.checkpoint_every_s)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, final: bool = False) -> None:
         started = time.perf_counter()
         with self.prefetcher.paused() as queued:
             for ingested in queued:  # now the ingestor's state is exactly what was consumed
                 self.trainer.consume(ingested)
-            state = self.state.save(self.store)
-        metrics.observe_checkpoint(time.perf_counter() - started, state["created_at"])
+            state = self._save_state(final)
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
+        if state is not None:
+            metrics.observe_checkpoint(time.perf_counter() - started, state["created_at"])
+
+    def _save_state(self, final: bool = False) -> dict[str, Any] | None:
+        """Checkpoint and commit; None (logged, counted) when the file cannot be written:
+        nothing is committed and the next checkpoint tries again. A final one raises."""
+        from recallstream.model.checkpoint import CheckpointWriteFailed
+
+        try:
+            return self.state.save(self.store)
+        except CheckpointWriteFailed as error:
+            metrics.observe_checkpoint_failure()
+            if final:
+                raise
+            log.error("%s; training goes on, nothing is committed, the next checkpoint "
+                      "tries again", error)
+            return None
 
     def _maybe_reset(self) -> None:
         from recallstream.consumers.snapshot_reset import load_snapshot
@@ -244,8 +268,9 @@ class Worker:
             self.trainer.publisher.rebuild(snapshot.version, self.counters["batches"])
             self.follower.reset_done(snapshot.version)
             self.trainer.counters["clicks_since_snapshot"] = 0
-            state = self.state.save(self.store)
-        metrics.observe_checkpoint(time.perf_counter() - started, state["created_at"])
+            state = self._save_state()
+        if state is not None:
+            metrics.observe_checkpoint(time.perf_counter() - started, state["created_at"])
         metrics.observe_reset(snapshot.version, snapshot.created_at, time.perf_counter() - started)
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
