@@ -27,9 +27,10 @@ consistent: a checkpoint holds the model and the offsets it reached together, so
 stream after it is simply trained again.
 
 A full disk (or any other failure to write) leaves no temporary file behind and the
-previous checkpoints as they were: :meth:`CheckpointStore.save` raises
-:class:`CheckpointWriteFailed`, and the worker reports it and tries again at its next
-checkpoint (offsets are committed only after a checkpoint is written).
+newest previous checkpoint valid: on a full disk :meth:`CheckpointStore.save` removes the
+older ones and tries once more, then raises :class:`CheckpointWriteFailed`, and the
+worker reports it and tries again at its next checkpoint (offsets are committed only
+after a checkpoint is written).
 
 Single owner: :class:`OwnerLock` holds an exclusive ``flock`` on
 ``<directory>/LOCK`` for the lifetime of the worker. The kernel drops the lock
@@ -64,6 +65,7 @@ NDARRAY_KEY = "__recallstream_ndarray__"
 
 _NAME = re.compile(r"^ckpt-(\d{10})$")
 _TEMP = re.compile(r"^\.ckpt-\d{10}\.tmp$")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +183,9 @@ class CheckpointStore:
         arbitrary objects (anything but tensors, numpy arrays of plain dtypes,
         numbers, strings, bytes, None and dicts/lists/tuples of those), and
         :class:`CheckpointWriteFailed` when the file cannot be written (disk full): the
-        temporary file is removed, the previous checkpoints stay as they were.
+        temporary file is removed, the previous checkpoints stay as they were. On a full
+        disk the older checkpoints are removed first (the newest stays) and the write is
+        tried once more.
         """
         if not isinstance(state, dict):
             raise ValueError(f"state must be a dict, got {type(state).__name__}")
@@ -191,18 +195,35 @@ class CheckpointStore:
         path = self.directory / f"ckpt-{seq:010d}"
         temp = self.directory / f".ckpt-{seq:010d}.tmp"
         try:
+            self._write(temp, path, prefix, payload)
+        except OSError as error:
+            if error.errno not in _NO_SPACE or len(existing) < 2:
+                raise CheckpointWriteFailed(error, path.name) from error
+            # Disk full: give up the older checkpoints (the newest intact one stays) and
+            # try once more, so that a disk with room for two keeps checkpointing.
+            for old in existing[:-1]:
+                old.unlink(missing_ok=True)
+            log.warning("disk full while writing %s: removed %d older checkpoint(s), keeping "
+                        "%s, and trying again", path.name, len(existing) - 1, existing[-1].name)
+            try:
+                self._write(temp, path, prefix, payload)
+            except OSError as again:
+                raise CheckpointWriteFailed(again, path.name) from again
+        fsync_path(self.directory)
+        self._prune()
+        return path
+
+    def _write(self, temp: Path, path: Path, prefix: bytes, payload) -> None:
+        try:
             with open(temp, "wb") as f:
                 f.write(prefix)
                 f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, path)
-        except OSError as error:
+        except OSError:
             temp.unlink(missing_ok=True)
-            raise CheckpointWriteFailed(error, path.name) from error
-        fsync_path(self.directory)
-        self._prune()
-        return path
+            raise
 
     def load_latest(self) -> dict | None:
         """The newest checkpoint that passes its checks, or None if there is none.
@@ -429,8 +450,11 @@ class OwnerLock:
                     os.close(fd)
                     raise CheckpointLocked(self.directory, owner) from None
                 time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # the pid only names the owner in errors: a full disk must not stop a start
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as error:
+            log.warning("holding %s, but cannot write the owner's pid into it: %s", self.path, error)
         self._fd = fd
         return self
 
