@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 
 from recallstream.consumers import metrics
 from recallstream.consumers.snapshot_follower import SnapshotFollower
-from recallstream.model.checkpoint import MAGIC, CheckpointStore, encode
+from recallstream.model.checkpoint import MAGIC, CheckpointStore
 from recallstream.model.online import OnlineLearner, stream_tower_config
 from recallstream.model.snapshot_store import LEARNER, MANIFEST, POINTER, SnapshotStore
 

@@ -18,7 +18,6 @@ import random
 import threading
 import time
 
-import pytest
 
 from recallstream.streaming.example_joiner import ExampleJoiner, JoinerOptions
 
