@@ -18,7 +18,6 @@ import random
 import threading
 import time
 
-
 from recallstream.streaming.example_joiner import ExampleJoiner, JoinerOptions
 
 from conftest import after_last_record, committed_offsets, join_examples
