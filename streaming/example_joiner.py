@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT = "snapshot"
 PROGRESS = "progress"
+FENCED_AGAIN_S = 60.0  # fenced again this soon: another process runs with the same instance
 _KINDS = ("exposures", "clicks")  # the order a lane's records of one transaction are joined in
 
 
@@ -175,15 +176,17 @@ class ExampleJoiner:
             max_poll_interval_ms=int(options.max_poll_interval_s * 1000))
         # Reads state logs and replays input: assigned by hand, no group.
         self._reader = make_consumer(settings, isolation_level="read_committed")
-        self.producer = make_producer(
+        self._make_producer = lambda: make_producer(
             settings, transactional_id=f"{group}-{options.instance}",
             transaction_timeout_ms=int(options.transaction_timeout_s * 1000),
             max_request_size=JOINER_STATE_MAX_MESSAGE_BYTES)
+        self.producer = self._make_producer()
+        self._fenced_at = -float("inf")
         self._lanes: dict[int, _Lane] = {}
         self._pending: set[int] = set()
         self.counters = dict.fromkeys(
             ("records", "exposures", "clicks", "examples", "orphans", "dead_lettered",
-             "transactions", "aborted", "restores", "replayed_records", "snapshots"), 0)
+             "transactions", "aborted", "restores", "replayed_records", "snapshots", "fenced"), 0)
         self._busy_s = 0.0
 
     # -- the loop -------------------------------------------------------------------------
@@ -266,7 +269,9 @@ class ExampleJoiner:
             producer.commit_transaction()
         except KafkaError as error:
             if _fatal(error):
-                raise
+                if not self._recover_from_fencing(error):
+                    raise
+                return
             log.warning("transaction aborted (%s): restoring the lanes from their state logs", error)
             producer.abort_transaction()
             self.counters["aborted"] += 1
@@ -281,6 +286,37 @@ class ExampleJoiner:
                 state.snapshot_offset = future.get(timeout=0).offset
                 state.since_snapshot = 0
                 self.counters["snapshots"] += 1
+
+    def _recover_from_fencing(self, error: Exception) -> bool:
+        """After the broker fenced this producer, start a new one and restore the lanes;
+        False (the caller raises) for other fatal errors, or when fenced again within
+        ``FENCED_AGAIN_S`` (another live process with the same ``--instance``).
+
+        The transaction coordinator fences a producer whose transaction outlived
+        ``transaction_timeout_s``, e.g. while the broker restarted: the transaction is
+        aborted by then, so a new producer (``init_transactions`` with the same id) and
+        the lanes restored from their state logs carry on from what committed.
+        """
+        from kafka import errors
+
+        fencing = tuple(getattr(errors, name) for name in ("ProducerFencedError",
+                                                            "InvalidProducerEpochError")
+                        if hasattr(errors, name))
+        if not isinstance(error, fencing) or time.monotonic() - self._fenced_at < FENCED_AGAIN_S:
+            return False
+        self._fenced_at = time.monotonic()
+        log.warning("the broker fenced this joiner's producer (%s): starting a new one and "
+                    "restoring the lanes from their state logs", error)
+        try:
+            self.producer.close(timeout=0)
+        except Exception:  # a fenced producer may fail to close: it is dropped either way
+            log.debug("closing the fenced producer failed", exc_info=True)
+        self.producer = self._make_producer()
+        self.producer.init_transactions()
+        self.counters["fenced"] += 1
+        self.counters["aborted"] += 1
+        self._reassign_all()
+        return True
 
     def _join(self, kind: str, lane: int, records: list) -> None:
         counters = self.counters
