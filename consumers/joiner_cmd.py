@@ -30,6 +30,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--session-timeout", type=float, default=10.0, metavar="S",
                         help="consumer-group session timeout: how soon a dead joiner's partitions "
                              "move (default: 10)")
+    parser.add_argument("--max-poll-interval", type=float, default=300.0, metavar="S",
+                        help="a joiner slower than this between two polls leaves the group and "
+                             "its transaction aborts; its partitions move (default: 300)")
     parser.add_argument("--transaction-timeout", type=float, default=60.0, metavar="S",
                         help="how long a dead joiner's open transaction blocks its partitions "
                              "when it is not restarted (default: 60)")
@@ -45,7 +48,8 @@ def run(args, settings: Settings) -> int:
     job = ExampleJoiner(settings, JoinerOptions(
         instance=args.instance, snapshot_every=args.snapshot_every,
         max_poll_records=args.max_poll_records, session_timeout_s=args.session_timeout,
-        transaction_timeout_s=args.transaction_timeout, exit_when_idle_s=args.exit_when_idle))
+        transaction_timeout_s=args.transaction_timeout, exit_when_idle_s=args.exit_when_idle,
+        max_poll_interval_s=args.max_poll_interval))
     stop_on_signals(job.stop)
     exported = None
     if settings.joiner_metrics_port:

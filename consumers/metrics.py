@@ -36,6 +36,13 @@ LAST_PROCESSED_TS = Gauge("recallstream_last_processed_timestamp_seconds",
                           "Wall time the worker last trained a batch")
 TRAIN_SECONDS = Histogram("recallstream_train_step_seconds", "Duration of one training step")
 CHECKPOINT_SECONDS = Histogram("recallstream_checkpoint_seconds", "Duration of one checkpoint")
+CHECKPOINT_FAILURES = Counter(
+    "recallstream_checkpoint_failures_total",
+    "Checkpoints that could not be written (disk full, I/O error): retried at the next one")
+CORRUPT_FILES = Counter(
+    "recallstream_corrupt_files_total",
+    "Damaged files skipped for the previous good one: checkpoint, snapshot, snapshot_pointer",
+    ["kind"])
 LAST_CHECKPOINT_TS = Gauge("recallstream_last_checkpoint_timestamp_seconds",
                            "Wall time of the newest checkpoint")
 QDRANT_PENDING = Gauge("recallstream_qdrant_pending_points", "Vectors waiting for the Qdrant writer")
@@ -106,6 +113,8 @@ for _outcome in ("matched", "orphaned"):
     JOINS.labels(_outcome)
 for _topic in ("exposures", "clicks", "entities", "tombstones"):
     RECORDS.labels(_topic)
+for _kind in ("checkpoint", "snapshot", "snapshot_pointer"):
+    CORRUPT_FILES.labels(_kind)
 for _collection in ("items", "users"):
     for _reason in ("non_finite", "refused"):
         QDRANT_REJECTED.labels(_collection, _reason)
@@ -137,6 +146,22 @@ def observe_checkpoint(seconds: float, created_at: float) -> None:
     """One checkpoint written (wall time ``created_at``) in ``seconds``."""
     CHECKPOINT_SECONDS.observe(seconds)
     LAST_CHECKPOINT_TS.set(created_at)
+
+
+def observe_checkpoint_failure() -> None:
+    """A checkpoint that could not be written (the worker retries at the next one)."""
+    CHECKPOINT_FAILURES.inc()
+
+
+def observe_corrupt_file(kind: str) -> None:
+    """A damaged file of ``kind`` (checkpoint, snapshot, snapshot_pointer) skipped.
+
+    >>> before = CORRUPT_FILES.labels("checkpoint")._value.get()
+    >>> observe_corrupt_file("checkpoint")
+    >>> CORRUPT_FILES.labels("checkpoint")._value.get() - before
+    1.0
+    """
+    CORRUPT_FILES.labels(kind).inc()
 
 
 _HEALTH_GAUGES = {"in_batch_accuracy": IN_BATCH_ACCURACY, "positive_score": POSITIVE_SCORE,

@@ -83,9 +83,11 @@ class SnapshotFollower:
     def store(self):
         """The snapshot store, once its folder exists (the worker never creates it)."""
         if self._store is None and self.directory.is_dir():
+            from recallstream.consumers import metrics
             from recallstream.model.snapshot_store import SnapshotStore
 
-            self._store = SnapshotStore(self.directory)
+            self._store = SnapshotStore(
+                self.directory, on_corrupt=lambda kind, _message: metrics.observe_corrupt_file(kind))
         return self._store
 
     def refuse(self, version: int) -> None:

@@ -43,7 +43,8 @@ def reset_to(snapshot, queued, trainer, ingestor, follower, topic: str, checkpoi
     of the paused prefetcher and the partial minibatch: the rewind starts after them),
     take the snapshot's weights, rewind ``topic`` to the snapshot's cut (what follows is
     trained again on top of it), re-embed everything into new Qdrant collections and
-    switch the aliases, then ``checkpoint()`` (returns the saved state)."""
+    switch the aliases, then ``checkpoint()`` (returns the saved state, or None when it
+    could not be written: the reset stands, the next checkpoint saves it)."""
     from recallstream.consumers import metrics
 
     started = time.perf_counter()
@@ -57,7 +58,8 @@ def reset_to(snapshot, queued, trainer, ingestor, follower, topic: str, checkpoi
     trainer.counters["clicks_since_snapshot"] = 0
     state = checkpoint()
     seconds = time.perf_counter() - started
-    metrics.observe_checkpoint(seconds, state["created_at"])
+    if state is not None:
+        metrics.observe_checkpoint(seconds, state["created_at"])
     metrics.observe_reset(snapshot.version, snapshot.created_at, seconds)
     log.info("reset to snapshot v%d (cut %s) in %.1f s; catching up from there",
              snapshot.version, snapshot.cut_offsets.get(topic), seconds)

@@ -25,6 +25,12 @@ One worker owns a checkpoint directory (a lock), so a second one refuses to
 start instead of corrupting the model. Qdrant holds derived data: after a
 (re)start the catalog is published again unless a persistent index holds it as of
 the checkpoint (IndexPublisher.ensure_catalog).
+
+A checkpoint that cannot be written (disk full) is logged and counted
+(``recallstream_checkpoint_failures_total``); nothing is committed, training goes on
+and the next checkpoint tries again (the final one, at a stop, raises). A damaged
+checkpoint is skipped for the previous one when the worker starts
+(``recallstream_corrupt_files_total{kind="checkpoint"}``).
 """
 
 from __future__ import annotations
@@ -112,14 +118,16 @@ class Worker:
 
         lock = OwnerLock(self.settings.checkpoint_dir).acquire(self.options.lock_timeout_s)
         try:
-            self.store = CheckpointStore(self.settings.checkpoint_dir)
+            self.store = CheckpointStore(
+                self.settings.checkpoint_dir,
+                on_corrupt=lambda _path, _error: metrics.observe_corrupt_file("checkpoint"))
             metrics.serve_metrics(self.settings.metrics_port, self.settings.http_host)
             self._open()
             self._attach_recaller()
             try:
                 self._loop()
                 self._observe_ingest()  # the final lag and counts, whenever the last tick was
-                self._checkpoint()
+                self._checkpoint(final=True)
             finally:
                 self._close()
         finally:
@@ -217,15 +225,31 @@ class Worker:
         return (self.counters["batches"] - self._batches_at_checkpoint >= s.checkpoint_every_batches
                 or time.monotonic() - self._last_checkpoint_at >= s.checkpoint_every_s)
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, final: bool = False) -> None:
         started = time.perf_counter()
         with self.prefetcher.paused() as queued:
             for ingested in queued:  # now the ingestor's state is exactly what was consumed
                 self.trainer.consume(ingested)
-            state = self.state.save(self.store)
-        metrics.observe_checkpoint(time.perf_counter() - started, state["created_at"])
+            state = self._save_state(final)
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
+        if state is not None:
+            metrics.observe_checkpoint(time.perf_counter() - started, state["created_at"])
+
+    def _save_state(self, final: bool = False) -> dict[str, Any] | None:
+        """Checkpoint and commit; None (logged, counted) when the file cannot be written:
+        nothing is committed and the next checkpoint tries again. A final one raises."""
+        from recallstream.model.checkpoint import CheckpointWriteFailed
+
+        try:
+            return self.state.save(self.store)
+        except CheckpointWriteFailed as error:
+            metrics.observe_checkpoint_failure()
+            if final:
+                raise
+            log.error("%s; training goes on, nothing is committed, the next checkpoint "
+                      "tries again", error)
+            return None
 
     def _maybe_reset(self) -> None:
         from recallstream.consumers.snapshot_reset import load_snapshot, reset_to
@@ -236,7 +260,7 @@ class Worker:
             return
         with self.prefetcher.paused() as queued:
             reset_to(snapshot, queued, self.trainer, self.ingestor, self.follower,
-                     self.settings.topic_examples, lambda: self.state.save(self.store))
+                     self.settings.topic_examples, self._save_state)
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
 

@@ -21,7 +21,16 @@ directory, fsyncs it, renames it over its final name with ``os.replace`` (atomic
 and fsyncs the directory, so a crash leaves the old or the new checkpoint, never
 a torn one; and should a file be damaged anyway (disk, a copy gone wrong), its
 checksum fails and :meth:`CheckpointStore.load_latest` falls back to the
-previous checkpoint.
+previous checkpoint (one warning per file, and ``on_corrupt`` is called: the worker
+counts it in ``recallstream_corrupt_files_total{kind="checkpoint"}``). Falling back is
+consistent: a checkpoint holds the model and the offsets it reached together, so the
+stream after it is simply trained again.
+
+A full disk (or any other failure to write) leaves no temporary file behind and the
+newest previous checkpoint valid: on a full disk :meth:`CheckpointStore.save` removes the
+older ones and tries once more, then raises :class:`CheckpointWriteFailed`, and the
+worker reports it and tries again at its next checkpoint (offsets are committed only
+after a checkpoint is written).
 
 Single owner: :class:`OwnerLock` holds an exclusive ``flock`` on
 ``<directory>/LOCK`` for the lifetime of the worker. The kernel drops the lock
@@ -56,6 +65,7 @@ NDARRAY_KEY = "__recallstream_ndarray__"
 
 _NAME = re.compile(r"^ckpt-(\d{10})$")
 _TEMP = re.compile(r"^\.ckpt-\d{10}\.tmp$")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +86,30 @@ class UnsafeCheckpoint(CorruptCheckpoint):
 
 
 class UnsupportedCheckpointVersion(CheckpointError):
-    """A well-formed checkpoint written in a format this code does not know."""
+    """A well-formed checkpoint written by a *newer* format than this code reads (a
+    deployment rolled back): refused rather than skipped, since the older code would
+    prune the newer checkpoints. A ``format_version`` that is older or not a number is
+    damage, a :class:`CorruptCheckpoint`."""
+
+
+class CheckpointWriteFailed(CheckpointError, OSError):
+    """A checkpoint could not be written (disk full, I/O error); the previous ones are
+    intact and no temporary file is left. ``errno`` is the underlying error's.
+
+    Examples
+    --------
+    >>> import errno
+    >>> error = CheckpointWriteFailed(OSError(errno.ENOSPC, "No space left on device"), "ckpt-2")
+    >>> error.errno == errno.ENOSPC, str(error)
+    (True, 'cannot write checkpoint ckpt-2: No space left on device (the previous checkpoint stays current)')
+    """
+
+    def __init__(self, cause: OSError, name: str) -> None:
+        super().__init__(cause.errno, f"cannot write checkpoint {name}: {cause.strerror or cause} "
+                                      "(the previous checkpoint stays current)")
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 class CheckpointLocked(CheckpointError):
@@ -106,6 +139,9 @@ class CheckpointStore:
         Created if missing.
     keep : int, default 3
         How many of the newest checkpoints :meth:`save` keeps.
+    on_corrupt : callable or None
+        Called with ``(path, error)`` for each damaged checkpoint :meth:`load_latest`
+        skips (the worker counts them in a metric).
 
     Examples
     --------
@@ -126,11 +162,13 @@ class CheckpointStore:
     ['ckpt-0000000003', 'ckpt-0000000004']
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
+    def __init__(self, directory: str | os.PathLike, keep: int = 3,
+                 on_corrupt=None) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep!r}")
         self.directory = Path(directory)
         self.keep = keep
+        self.on_corrupt = on_corrupt
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def paths(self) -> list[Path]:
@@ -143,7 +181,11 @@ class CheckpointStore:
 
         Raises ``ValueError`` for values that cannot be stored without pickling
         arbitrary objects (anything but tensors, numpy arrays of plain dtypes,
-        numbers, strings, bytes, None and dicts/lists/tuples of those).
+        numbers, strings, bytes, None and dicts/lists/tuples of those), and
+        :class:`CheckpointWriteFailed` when the file cannot be written (disk full): the
+        temporary file is removed, the previous checkpoints stay as they were. On a full
+        disk the older checkpoints are removed first (the newest stays) and the write is
+        tried once more.
         """
         if not isinstance(state, dict):
             raise ValueError(f"state must be a dict, got {type(state).__name__}")
@@ -152,31 +194,56 @@ class CheckpointStore:
         seq = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
         path = self.directory / f"ckpt-{seq:010d}"
         temp = self.directory / f".ckpt-{seq:010d}.tmp"
-        with open(temp, "wb") as f:
-            f.write(prefix)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
+        try:
+            self._write(temp, path, prefix, payload)
+        except OSError as error:
+            if error.errno not in _NO_SPACE or len(existing) < 2:
+                raise CheckpointWriteFailed(error, path.name) from error
+            # Disk full: give up the older checkpoints (the newest intact one stays) and
+            # try once more, so that a disk with room for two keeps checkpointing.
+            for old in existing[:-1]:
+                old.unlink(missing_ok=True)
+            log.warning("disk full while writing %s: removed %d older checkpoint(s), keeping "
+                        "%s, and trying again", path.name, len(existing) - 1, existing[-1].name)
+            try:
+                self._write(temp, path, prefix, payload)
+            except OSError as again:
+                raise CheckpointWriteFailed(again, path.name) from again
         fsync_path(self.directory)
         self._prune()
         return path
 
+    def _write(self, temp: Path, path: Path, prefix: bytes, payload) -> None:
+        try:
+            with open(temp, "wb") as f:
+                f.write(prefix)
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        except OSError:
+            temp.unlink(missing_ok=True)
+            raise
+
     def load_latest(self) -> dict | None:
         """The newest checkpoint that passes its checks, or None if there is none.
 
-        A corrupt newest file is skipped (with a warning) for the one before.
-        Raises :class:`UnsupportedCheckpointVersion` rather than falling back
-        past a checkpoint written by a newer format (that would silently roll
-        the model back), and :class:`CorruptCheckpoint` when checkpoints exist
-        but none is intact.
+        A corrupt newest file (torn, truncated, random bytes, a damaged or older
+        ``format_version``) is skipped for the one before, with one warning line and a
+        call of ``on_corrupt``. Raises :class:`UnsupportedCheckpointVersion` rather than
+        falling back past a checkpoint written by a newer format (that would roll the
+        model back and prune the newer checkpoints), and :class:`CorruptCheckpoint` when
+        checkpoints exist but none is intact.
         """
         paths = self.paths()
         for path in reversed(paths):
             try:
                 return self.load(path)
             except CorruptCheckpoint as error:
-                log.warning("skipping corrupt checkpoint: %s", error)
+                log.warning("skipping corrupt checkpoint, falling back to the previous one: %s",
+                            error)
+                if self.on_corrupt is not None:
+                    self.on_corrupt(path, error)
         if paths:
             raise CorruptCheckpoint(f"no intact checkpoint among {[p.name for p in paths]}")
         return None
@@ -225,8 +292,20 @@ def decode(data: bytes, source: str = "checkpoint") -> dict:
     if checksum_end < 0 or hashlib.sha256(header_line).hexdigest().encode() != header_checksum:
         raise CorruptCheckpoint(f"{source}: header checksum mismatch")
     payload = memoryview(data)[checksum_end + 1:]  # a view: no copy of a large model
-    header = json.loads(header_line)
-    if header.get("format_version") != FORMAT_VERSION:
+    try:
+        header = json.loads(header_line)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise CorruptCheckpoint(f"{source}: header is not a JSON object")
+    version = header.get("format_version")
+    if version != FORMAT_VERSION and not (isinstance(version, int) and version > FORMAT_VERSION):
+        raise CorruptCheckpoint(f"{source}: format_version {version!r} is not one this code "
+                                f"or an older one wrote (this code reads {FORMAT_VERSION})")
+    if not isinstance(header.get("payload_bytes"), int) or not isinstance(
+            header.get("payload_sha256"), str):
+        raise CorruptCheckpoint(f"{source}: header lacks payload_bytes or payload_sha256")
+    if version != FORMAT_VERSION:
         raise UnsupportedCheckpointVersion(
             f"{source}: format_version {header.get('format_version')!r}, this code reads "
             f"{FORMAT_VERSION}; use a newer recallstream or another checkpoint directory")
@@ -371,8 +450,11 @@ class OwnerLock:
                     os.close(fd)
                     raise CheckpointLocked(self.directory, owner) from None
                 time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # the pid only names the owner in errors: a full disk must not stop a start
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as error:
+            log.warning("holding %s, but cannot write the owner's pid into it: %s", self.path, error)
         self._fd = fd
         return self
 

@@ -27,7 +27,12 @@ first, then deleted), keeping the ``keep`` newest; the current one is never prun
 
 Should the pointer or the version it names be damaged anyway (disk, a hand edit),
 :meth:`SnapshotStore.current` falls back to the newest intact version, with one
-warning per problem.
+warning per problem and one call of ``on_corrupt`` (the worker counts them in
+``recallstream_corrupt_files_total{kind="snapshot"|"snapshot_pointer"}``).
+
+A full disk while publishing raises :class:`SnapshotWriteFailed`: the half-written
+version and pointer are removed, the previous version stays current, and the next
+publication tries again.
 
 Examples
 --------
@@ -72,7 +77,7 @@ from recallstream.model.checkpoint import (CheckpointError, UnsafeCheckpoint, de
                                            fsync_path)
 
 __all__ = ["CorruptSnapshot", "EventRange", "Snapshot", "SnapshotError", "SnapshotLocked",
-           "SnapshotStore", "UnsafeSnapshot"]
+           "SnapshotStore", "SnapshotWriteFailed", "UnsafeSnapshot"]
 
 FORMAT = "recallstream.snapshot"
 FORMAT_VERSION = 1
@@ -103,6 +108,23 @@ class UnsafeSnapshot(CorruptSnapshot):
 
 class SnapshotLocked(SnapshotError):
     """Another process is publishing into the same store."""
+
+
+class SnapshotWriteFailed(SnapshotError, OSError):
+    """A version could not be written (disk full, I/O error): nothing of it is left and
+    the previous version stays current. ``errno`` is the underlying error's.
+
+    >>> import errno
+    >>> SnapshotWriteFailed(OSError(errno.ENOSPC, "No space left on device"), 3).errno == errno.ENOSPC
+    True
+    """
+
+    def __init__(self, cause: OSError, version: int) -> None:
+        super().__init__(cause.errno, f"cannot write snapshot v{version}: "
+                                      f"{cause.strerror or cause} (the previous version stays current)")
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 @dataclass(frozen=True)
@@ -183,13 +205,17 @@ class SnapshotStore:
         Created if missing.
     keep : int, default 3
         How many versions :meth:`publish` keeps (the newest; the current one always).
+    on_corrupt : callable or None
+        Called with ``(kind, message)`` once per distinct damage found while reading,
+        ``kind`` "snapshot" (a version folder) or "snapshot_pointer" (``CURRENT``).
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
+    def __init__(self, directory: str | os.PathLike, keep: int = 3, on_corrupt=None) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep!r}")
         self.directory = Path(directory)
         self.keep = keep
+        self.on_corrupt = on_corrupt
         self.directory.mkdir(parents=True, exist_ok=True)
         self._warned: set[str] = set()  # one warning per distinct problem, not per poll
 
@@ -216,9 +242,10 @@ class SnapshotStore:
             except (OSError, ValueError):
                 continue
             if pointed is not None:
-                self._warn(f"{POINTER} names v{pointed}, which has no manifest; using v{version}")
+                self._warn(f"{POINTER} names v{pointed}, which has no manifest; using v{version}",
+                           "snapshot")
             elif self._pointer_missing():  # a damaged one was reported by _read_pointer
-                self._warn(f"no {POINTER} file; using v{version}")
+                self._warn(f"no {POINTER} file; using v{version}", "snapshot_pointer")
             return version
         return None
 
@@ -245,7 +272,10 @@ class SnapshotStore:
                 self._warn(f"skipping snapshot v{version}: {error}")
                 continue
             if pointed is None and problem:
-                self._warn(f"{problem}; using v{version}")
+                self._warn(f"{problem}; using v{version}", "snapshot_pointer")
+            elif pointed is not None and not (self.directory / f"v{pointed}" / MANIFEST).is_file():
+                self._warn(f"{POINTER} names v{pointed}, which has no manifest; using v{version}",
+                           "snapshot")
             elif problem:
                 self._warn(f"current snapshot unusable ({problem}); using v{version}")
             return snapshot
@@ -294,8 +324,12 @@ class SnapshotStore:
             version = max([*self.versions(), self._read_pointer() or 0]) + 1
             manifest = _manifest(version, learner_state, cut_offsets, event_range, examples,
                                  metadata or {}, payload)
-            self._write_version(version, manifest, payload)
-            self._write_pointer(version)
+            try:
+                self._write_version(version, manifest, payload)
+                self._write_pointer(version)
+            except OSError as error:  # disk full: leave nothing half-written behind
+                self._discard(version)
+                raise SnapshotWriteFailed(error, version) from error
             self._prune(current=version)
         return version
 
@@ -310,6 +344,19 @@ class SnapshotStore:
         os.rename(scratch, target)  # never replaces: the version number is new
         fsync_path(self.directory)
         return target
+
+    def _discard(self, version: int) -> None:
+        # Remove a failed publication's leftovers; the pointer was not replaced (a
+        # rename does not fail half-way), so a version folder renamed already is unnamed.
+        pointed = self._read_pointer()
+        if pointed != version and (self.directory / f"v{version}").exists():
+            shutil.rmtree(self.directory / f"v{version}", ignore_errors=True)
+        for leftover in self.directory.iterdir():
+            if leftover.name.startswith(_TEMP_PREFIX) and leftover.name.endswith(f"-{os.getpid()}"):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
 
     def _write_pointer(self, version: int) -> None:
         temp = self.directory / f"{_TEMP_PREFIX}{POINTER}-{os.getpid()}"
@@ -339,22 +386,24 @@ class SnapshotStore:
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as error:
-            self._warn(f"cannot read {self.directory / POINTER}: {error}")
+            self._warn(f"cannot read {self.directory / POINTER}: {error}", "snapshot_pointer")
             return None
         match = _POINTER.match(text)
         if not match:
             self._warn(f"{self.directory / POINTER} is damaged ({text[:40]!r}); "
-                       f"falling back to the newest intact version")
+                       f"falling back to the newest intact version", "snapshot_pointer")
             return None
         return int(match.group(1))
 
     def _pointer_missing(self) -> bool:
         return not (self.directory / POINTER).exists()
 
-    def _warn(self, message: str) -> None:
+    def _warn(self, message: str, kind: str = "snapshot") -> None:
         if message not in self._warned:
             self._warned.add(message)
             log.warning("snapshot store %s: %s", self.directory, message)
+            if self.on_corrupt is not None:
+                self.on_corrupt(kind, message)
 
 
 def _manifest(version: int, learner_state: Mapping, cut_offsets: Mapping, event_range,
@@ -412,6 +461,9 @@ def _read_learner(folder: Path, expected: Mapping) -> dict:
     except (pickle.UnpicklingError, UnsafeCheckpoint) as error:
         raise UnsafeSnapshot(f"{path} holds objects that would execute code when loaded; "
                              f"refused ({str(error).splitlines()[0]})") from None
+    except UnsafeCheckpoint as error:  # weights_only refused a global: nothing ran
+        raise UnsafeSnapshot(f"{path} holds objects that would execute code when loaded; "
+                             f"refused ({error})") from None
     except CheckpointError as error:
         raise CorruptSnapshot(str(error)) from None
 

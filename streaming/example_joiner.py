@@ -10,8 +10,10 @@ to its exposure or as an orphan, once to partition ``p`` of ``examples``
 Exactly once, with Kafka transactions. Each poll is one transaction of a
 transactional producer: the examples and dead letters of the poll's records, one
 record per lane touched to ``joiner-state`` (partition ``p``), and the consumed
-offsets (``send_offsets_to_transaction`` with the consumer's group metadata, so a
-stale member is fenced, KIP-447) commit together or not at all. A transaction
+offsets (``send_offsets_to_transaction`` with the consumer's group metadata as of the
+poll that fetched the records, so a stale member is fenced, KIP-447: one that overran
+``max_poll_interval_s`` has left the group meanwhile, and its transaction aborts) commit
+together or not at all. A transaction
 is never open across a ``poll``, so a rebalance never splits one.
 
 The join state of a lane is rebuilt where it goes, from its state log: a lane's
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT = "snapshot"
 PROGRESS = "progress"
+FENCED_AGAIN_S = 60.0  # fenced again this soon: another process runs with the same instance
 _KINDS = ("exposures", "clicks")  # the order a lane's records of one transaction are joined in
 
 
@@ -108,6 +111,10 @@ class JoinerOptions:
         Consumer-group session and producer transaction timeouts.
     max_poll_records : int
         Records per poll, hence per transaction, at most.
+    max_poll_interval_s : float
+        A process that takes longer than this between two polls (a slow transaction)
+        leaves the group: its partitions move to another joiner, and its transaction,
+        fenced by its stale group generation, aborts; its next poll rejoins the group.
     exit_when_idle_s : float or None
         Stop after this long with no record to join (None: until stopped).
     """
@@ -117,6 +124,7 @@ class JoinerOptions:
     session_timeout_s: float = 10.0
     transaction_timeout_s: float = 60.0
     max_poll_records: int = 5000
+    max_poll_interval_s: float = 300.0
     exit_when_idle_s: float | None = None
     restore_timeout_s: float = 120.0
 
@@ -164,18 +172,21 @@ class ExampleJoiner:
             settings, group_id=group, isolation_level="read_committed",
             partition_assignment_strategy=(RangePartitionAssignor,),
             session_timeout_ms=session_ms, heartbeat_interval_ms=max(100, session_ms // 4),
-            max_poll_records=options.max_poll_records)
+            max_poll_records=options.max_poll_records,
+            max_poll_interval_ms=int(options.max_poll_interval_s * 1000))
         # Reads state logs and replays input: assigned by hand, no group.
         self._reader = make_consumer(settings, isolation_level="read_committed")
-        self.producer = make_producer(
+        self._make_producer = lambda: make_producer(
             settings, transactional_id=f"{group}-{options.instance}",
             transaction_timeout_ms=int(options.transaction_timeout_s * 1000),
             max_request_size=JOINER_STATE_MAX_MESSAGE_BYTES)
+        self.producer = self._make_producer()
+        self._fenced_at = -float("inf")
         self._lanes: dict[int, _Lane] = {}
         self._pending: set[int] = set()
         self.counters = dict.fromkeys(
             ("records", "exposures", "clicks", "examples", "orphans", "dead_lettered",
-             "transactions", "aborted", "restores", "replayed_records", "snapshots"), 0)
+             "transactions", "aborted", "restores", "replayed_records", "snapshots", "fenced"), 0)
         self._busy_s = 0.0
 
     # -- the loop -------------------------------------------------------------------------
@@ -190,6 +201,11 @@ class ExampleJoiner:
         try:
             while not self.stop.is_set():
                 batches = self.consumer.poll(timeout_ms=200)
+                # The membership these records were fetched under: a process that overruns
+                # max_poll_interval leaves the group meanwhile and forgets its generation, and
+                # offsets sent with that blank one would commit (a zombie); with this one the
+                # broker fences the transaction, which aborts.
+                membership = self.consumer.group_metadata()
                 if self._pending:
                     restored = set(self._pending)
                     self._restore_pending()
@@ -200,7 +216,7 @@ class ExampleJoiner:
                            if records and tp.partition in self._lanes}
                 if batches:
                     first_record = first_record or time.monotonic()
-                    self._transaction(batches)
+                    self._transaction(batches, membership)
                     last_record = time.monotonic()
                 elif (self.options.exit_when_idle_s is not None and not self._pending
                       and time.monotonic() - last_record > self.options.exit_when_idle_s):
@@ -228,7 +244,7 @@ class ExampleJoiner:
                 log.debug("closing a consumer failed", exc_info=True)
         self.producer.close(timeout=5)
 
-    def _transaction(self, batches: Mapping[Any, list]) -> None:
+    def _transaction(self, batches: Mapping[Any, list], membership) -> None:
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
@@ -249,11 +265,13 @@ class ExampleJoiner:
             offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
                        for tp, records in batches.items()}
             self._busy_s += time.perf_counter() - began
-            producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+            producer.send_offsets_to_transaction(offsets, membership)
             producer.commit_transaction()
         except KafkaError as error:
             if _fatal(error):
-                raise
+                if not self._recover_from_fencing(error):
+                    raise
+                return
             log.warning("transaction aborted (%s): restoring the lanes from their state logs", error)
             producer.abort_transaction()
             self.counters["aborted"] += 1
@@ -268,6 +286,37 @@ class ExampleJoiner:
                 state.snapshot_offset = future.get(timeout=0).offset
                 state.since_snapshot = 0
                 self.counters["snapshots"] += 1
+
+    def _recover_from_fencing(self, error: Exception) -> bool:
+        """After the broker fenced this producer, start a new one and restore the lanes;
+        False (the caller raises) for other fatal errors, or when fenced again within
+        ``FENCED_AGAIN_S`` (another live process with the same ``--instance``).
+
+        The transaction coordinator fences a producer whose transaction outlived
+        ``transaction_timeout_s``, e.g. while the broker restarted: the transaction is
+        aborted by then, so a new producer (``init_transactions`` with the same id) and
+        the lanes restored from their state logs carry on from what committed.
+        """
+        from kafka import errors
+
+        fencing = tuple(getattr(errors, name) for name in ("ProducerFencedError",
+                                                            "InvalidProducerEpochError")
+                        if hasattr(errors, name))
+        if not isinstance(error, fencing) or time.monotonic() - self._fenced_at < FENCED_AGAIN_S:
+            return False
+        self._fenced_at = time.monotonic()
+        log.warning("the broker fenced this joiner's producer (%s): starting a new one and "
+                    "restoring the lanes from their state logs", error)
+        try:
+            self.producer.close(timeout=0)
+        except Exception:  # a fenced producer may fail to close: it is dropped either way
+            log.debug("closing the fenced producer failed", exc_info=True)
+        self.producer = self._make_producer()
+        self.producer.init_transactions()
+        self.counters["fenced"] += 1
+        self.counters["aborted"] += 1
+        self._reassign_all()
+        return True
 
     def _join(self, kind: str, lane: int, records: list) -> None:
         counters = self.counters

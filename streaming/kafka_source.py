@@ -8,6 +8,11 @@ which a checkpoint saves: committed group offsets are never read back (the
 checkpoint is the truth); :meth:`KafkaSource.commit` writes them for lag
 monitoring only.
 
+A broker that goes away (restarts, a network cut) is waited out: a fetch that fails
+with a retriable Kafka error (connection refused, timeouts, no leader yet) returns
+nothing after a short pause and the next one tries again; positions are unchanged, since
+no record was handed out. A commit that fails is logged and left to the next one.
+
 Examples
 --------
 >>> class OnePartition:  # stands in for a KafkaConsumer
@@ -22,10 +27,13 @@ Examples
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from recallstream.streaming.kafka_io import make_consumer, partitions_of
@@ -34,6 +42,21 @@ from recallstream.streaming.kafka_io import make_consumer, partitions_of
 # each partition and an aligner never waits long for a lagging one (a larger record still
 # comes whole: the broker always returns at least one record batch).
 FETCH_BYTES_PER_PARTITION = 256 * 1024
+# While the broker is away: a pause between two failed fetches, and a warning this often.
+RETRY_PAUSE_S = 0.5
+WARN_EVERY_S = 10.0
+
+log = logging.getLogger(__name__)
+
+
+def is_retriable(error: BaseException) -> bool:
+    """Whether a Kafka client error is transient (broker away, leader moving, timeouts).
+
+    >>> from kafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
+    >>> is_retriable(KafkaConnectionError("111 ECONNREFUSED")), is_retriable(ValueError())
+    (True, False)
+    """
+    return isinstance(error, KafkaError) and bool(getattr(error, "retriable", False))
 
 
 class KafkaSource:
@@ -50,6 +73,8 @@ class KafkaSource:
     def __init__(self, topics: Iterable[str], consumer: KafkaConsumer) -> None:
         self._consumer = consumer
         self._next: dict[TopicPartition, int] = {}
+        self._warned_at = -float("inf")
+        self.fetch_failures = 0
         self.partitions = [tp for topic in topics for tp in partitions_of(consumer, topic)]
         consumer.assign(self.partitions)
         consumer.seek_to_beginning(*self.partitions)
@@ -64,8 +89,17 @@ class KafkaSource:
                                          max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION))
 
     def fetch(self, timeout_s: float, max_records: int | None = None) -> dict[TopicPartition, list]:
-        """The next records of each partition (waiting up to ``timeout_s`` for some)."""
-        return self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        """The next records of each partition (waiting up to ``timeout_s`` for some);
+        nothing, after a short pause, while the broker cannot be reached."""
+        try:
+            return self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as error:
+            if not is_retriable(error):
+                raise
+            self.fetch_failures += 1
+            self._warn(f"fetching failed ({error!r}); retrying until the broker is back")
+            time.sleep(RETRY_PAUSE_S)
+            return {}
 
     def fetched_to_end(self, tp: TopicPartition) -> bool:
         """True when ``tp`` is fetched up to its last known end."""
@@ -134,9 +168,18 @@ class KafkaSource:
         """Commit ``offsets`` (default: :meth:`offsets`) to the consumer group, for lag
         monitoring only; call it after the checkpoint that holds them."""
         offsets = self.offsets() if offsets is None else offsets
-        self._consumer.commit({
-            TopicPartition(topic, int(partition)): OffsetAndMetadata(offset, "", -1)
-            for topic, partitions in offsets.items() for partition, offset in partitions.items()})
+        try:
+            self._consumer.commit({
+                TopicPartition(topic, int(partition)): OffsetAndMetadata(offset, "", -1)
+                for topic, partitions in offsets.items() for partition, offset in partitions.items()})
+        except KafkaError as error:  # the checkpoint holds them: the next commit catches up
+            self._warn(f"committing offsets for lag monitoring failed ({error!r}); the next "
+                       f"checkpoint commits again")
+
+    def _warn(self, message: str) -> None:
+        if time.monotonic() - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = time.monotonic()
+            log.warning("%s", message)
 
     def unstick(self) -> bool:
         """Wake a fetch that kafka-python 3.0.12 lost track of; True if it could.

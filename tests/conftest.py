@@ -90,3 +90,15 @@ def after_last_record(settings, topic: str) -> dict[int, int]:
     for record in read_topic(settings, topic, read_committed=True):
         after[record.partition] = max(after.get(record.partition, 0), record.offset + 1)
     return after
+
+
+def committed_offsets(settings, topic: str, group: str | None = None) -> dict[int, int]:
+    """Per partition of ``topic``, the offset the consumer group (default the worker's)
+    has committed; empty when it committed none."""
+    from recallstream.streaming.kafka_io import admin_client
+
+    group = group or settings.consumer_group
+    with admin_client(settings) as admin:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    return {tp.partition: meta.offset for tp, meta in offsets.items()
+            if tp.topic == topic and meta.offset >= 0}
