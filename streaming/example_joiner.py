@@ -56,9 +56,12 @@ from typing import Any
 
 import orjson
 
+from kafka.errors import KafkaError
+
 from recallstream.streaming.dead_letters import dead_letter_key, dead_letter_record
 from recallstream.streaming.decoding import Invalid, decode
 from recallstream.streaming.joiner import ClickJoiner, Positive
+from recallstream.streaming.kafka_source import is_retriable
 from recallstream.streaming.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -384,7 +387,16 @@ class ExampleJoiner:
                 raise RuntimeError(
                     f"partition {lane} of exposures and clicks is not assigned to one joiner "
                     f"({sorted(map(tuple, assignment))}): are both topics partitioned alike?")
-            offsets = self._restore(lane)
+            try:
+                offsets = self._restore(lane)
+            except KafkaError as error:
+                if not is_retriable(error):
+                    raise
+                # the broker is away (a restart): the lane stays paused and pending, and the
+                # next poll tries again; nothing of it was joined meanwhile
+                log.warning("restoring partition %d failed (%r); retrying", lane, error)
+                time.sleep(0.5)
+                return
             for kind, tp in zip(_KINDS, tps):
                 self.consumer.seek(tp, offsets[kind])
             self.consumer.resume(*tps)

@@ -102,9 +102,18 @@ class KafkaSource:
             return {}
 
     def fetched_to_end(self, tp: TopicPartition) -> bool:
-        """True when ``tp`` is fetched up to its last known end."""
+        """True when ``tp`` is fetched up to its last known end (False while the broker
+        cannot be reached: the consumer may have to ask it for the position)."""
         highwater = self._consumer.highwater(tp)
-        return highwater is not None and self._consumer.position(tp) >= highwater
+        if highwater is None:
+            return False
+        try:
+            return self._consumer.position(tp) >= highwater
+        except KafkaError as error:
+            if not is_retriable(error):
+                raise
+            self._warn(f"reading the position failed ({error!r}); retrying until the broker is back")
+            return False
 
     def handled(self, next_offsets: Mapping[TopicPartition, int]) -> None:
         """Records up to these offsets (exclusive) are handled."""
