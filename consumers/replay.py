@@ -158,6 +158,15 @@ class ReplayPlan:
         yield from self.event_records(settings)
 
 
+def send_entity_records(producer, plan: ReplayPlan, settings: Settings, on_error) -> None:
+    """Send the plan's users and items, each stamped with its event time as its record time
+    (the joiner's examples carry their click's: the worker releases both in record-time
+    order); ``on_error(key)`` gives the errback of the record with that key."""
+    entity_ms = int(plan.entity_time() * 1000)
+    for topic, key, value in plan.entity_records(settings):
+        producer.send(topic, key=key, value=value, timestamp_ms=entity_ms).add_errback(on_error(key))
+
+
 class Pacer:
     """Sleeps so that ``count`` events take at least ``count / rate`` seconds.
 
@@ -252,12 +261,7 @@ def publish(plan: ReplayPlan, settings: Settings, *, rate: float | None = None,
     failures: list[BaseException] = []
     start = time.monotonic()
     try:
-        # The catalog's record time is its event time, as the joiner's examples carry their
-        # click's: the worker releases both in record-time order.
-        entity_ms = int(plan.entity_time() * 1000)
-        for topic, key, value in plan.entity_records(settings):
-            producer.send(topic, key=key, value=value,
-                          timestamp_ms=entity_ms).add_errback(failures.append)
+        send_entity_records(producer, plan, settings, lambda key: failures.append)
         pacer = Pacer(rate)
         events = 0
         per_list = plan.exposures_per_click + 2  # its exposures and the click

@@ -32,7 +32,8 @@ import threading
 import orjson
 
 from recallstream.consumers.poison import PoisonMaker
-from recallstream.consumers.replay import PRODUCER_OPTIONS, Pacer, ReplayPlan
+from recallstream.consumers.replay import (PRODUCER_OPTIONS, Pacer, ReplayPlan,
+                                           send_entity_records)
 from recallstream.streaming.movielens import MovieLens
 from recallstream.streaming.settings import Settings
 
@@ -160,10 +161,8 @@ class SoakFeed:
         return self.poison_sent - sum(1 for what, _ in self.failed if what == "poison")
 
     def _send_entities(self, producer, plan: ReplayPlan) -> None:
-        entity_ms = int(plan.entity_time() * 1000)
-        for topic, key, value in plan.entity_records(self.settings):
-            producer.send(topic, key=key, value=value, timestamp_ms=entity_ms).add_errback(
-                self._failure("entity", key.decode()))
+        send_entity_records(producer, plan, self.settings,
+                            lambda key: self._failure("entity", key.decode()))
 
     def _send_event(self, producer, topic: str, key: bytes, value: bytes) -> None:
         if topic != self.settings.topic_clicks:
