@@ -130,7 +130,7 @@ def _start_learner(store, settings: Settings):
 
     learner = OnlineLearner(seed=settings.seed)
     previous = store.current() if settings.snapshot_warm_start else None
-    if previous is None or previous.tower_config != learner.model.config.to_dict():
+    if previous is None or not previous.fits(learner):
         return learner, None
     learner.load_weights(previous.learner())
     return learner, previous.version

@@ -31,7 +31,7 @@ def load_snapshot(follower, version: int, learner):
         log.error("snapshot v%d cannot be used, the model carries on without it: %s", version, error)
         follower.refuse(version)
         return None
-    if snapshot.tower_config != learner.model.config.to_dict():
+    if not snapshot.fits(learner):
         log.error("snapshot v%d has other towers than this worker's model; ignored", version)
         follower.refuse(version)
         return None

@@ -179,6 +179,11 @@ class Snapshot:
     train_config: dict = field(repr=False)
     metadata: dict = field(default_factory=dict)
 
+    def fits(self, learner) -> bool:
+        """Whether ``learner`` (an OnlineLearner) has this snapshot's towers, so that it can
+        take its weights (``learner.load_weights(snapshot.learner())``)."""
+        return self.tower_config == learner.model.config.to_dict()
+
     def learner(self):
         """A new :class:`~recallstream.model.online.OnlineLearner` in this snapshot's state.
 
