@@ -148,11 +148,13 @@ class Prefetcher:
         """Stop polling; yield the queued results (the caller must consume them all).
 
         The caller may move the ingestor meanwhile (a rewind): :meth:`caught_up` is
-        false again until a poll after the pause finds every partition at its end.
+        false from the start of the pause (other threads may ask during it) until a
+        poll after the pause finds every partition at its end.
         """
         with self._cond:
             self._pause_requests += 1
             self._cond.wait_for(lambda: not self._polling)
+            self._caught_up = False
             queued = list(self._queue)
             self._queue.clear()
             self._raise_error()
@@ -161,7 +163,6 @@ class Prefetcher:
         finally:
             with self._cond:
                 self._pause_requests -= 1
-                self._caught_up = False
                 self._cond.notify_all()
 
     def close(self) -> None:

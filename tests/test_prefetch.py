@@ -133,6 +133,9 @@ def test_after_a_pause_that_rewinds_the_source_the_prefetcher_is_not_caught_up(s
         assert time.monotonic() < deadline, "never caught up"
         time.sleep(0.01)
     with prefetcher.paused():
+        # another thread asking during the pause (the demo waits for the worker so) must
+        # not be told the stale answer of the last poll: the rewind happens now
+        assert not prefetcher.caught_up()
         ingestor.n, ingestor.limit = 1, 3  # a rewind (the worker's reset to a snapshot)
     assert not prefetcher.caught_up()  # whatever the last poll before the pause said
     assert [prefetcher.get(timeout_s=WAIT_S) for _ in range(2)] == [2, 3]
