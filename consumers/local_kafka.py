@@ -181,6 +181,15 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "offsets.topic.num.partitions": 4,
         "transaction.state.log.num.partitions": 4,
         "group.initial.rebalance.delay.ms": 0,
+        # After a SIGKILL the restarted node serves its partitions under its previous
+        # registration until the controller (restarted with it) lets that registration's
+        # session expire; it then fences the node, and for a moment every partition has no
+        # leader. Transaction markers sent in that moment are dropped for good (Kafka takes
+        # a leaderless partition for a deleted one), which leaves a transaction hanging:
+        # read_committed readers stall at it. A short session makes that moment come
+        # right after the restart, before any transaction started since times out.
+        "broker.session.timeout.ms": 2000,
+        "broker.heartbeat.interval.ms": 500,
         # A joiner killed and not restarted leaves its transaction open: abort it soon after
         # its timeout (default scan every 10 s) so its partitions' new owner can go on.
         "transaction.abort.timed.out.transaction.cleanup.interval.ms": 1000,

@@ -7,6 +7,10 @@ with SIGKILL. A joiner and a worker run as subprocesses (``recallstream joiner``
 ``recallstream worker``) throughout. They must reconnect and continue by themselves:
 in the end the examples hold exactly one record per click for a read_committed reader,
 and the worker's checkpoint has ``clicks_trained`` equal to the clicks produced.
+
+(Once in many runs, before the local broker's short ``broker.session.timeout.ms``, the
+broker dropped the markers of a transaction aborted just after the SIGKILL: 15 clicks
+trained twice, or a joiner that could not restore its lane. README, Known issues.)
 """
 
 from __future__ import annotations
@@ -104,11 +108,6 @@ def stop(process: subprocess.Popen, log_path) -> dict:
     return orjson.loads(out)
 
 
-# Known defect, not fixed yet: on a clean clone's CI run the worker's checkpoint counted
-# 3,015 clicks trained for 3,000 produced after a SIGKILLed broker (the joiner had been
-# fenced and restored its lanes). Which side repeats is not found yet (README, Known issues).
-@pytest.mark.xfail(reason="known exactly-once defect after a SIGKILLed broker: 15 of 3,000 "
-                          "clicks were trained twice once; under investigation", strict=False)
 def test_joiner_and_worker_ride_out_a_clean_and_a_killed_broker_restart(broker, tmp_path):
     base = dataclasses.replace(broker.settings, batch_size=BATCH, batch_timeout_s=0.5,
                                checkpoint_every_s=1.0, checkpoint_every_batches=1000,
@@ -155,7 +154,6 @@ def test_joiner_and_worker_ride_out_a_clean_and_a_killed_broker_restart(broker, 
                     assert process.poll() is None, (
                         f"the {name} exited ({process.returncode}): {log_path.read_text()[-3000:]}")
                 time.sleep(0.5)
-            assert trained(settings) == CLICKS
             joined = stop(joiner, joiner_log)
             report = stop(worker, worker_log)
         finally:
@@ -164,8 +162,12 @@ def test_joiner_and_worker_ride_out_a_clean_and_a_killed_broker_restart(broker, 
                     process.kill()
                     process.wait()
 
+        # the joiner's side first: a failure then says which side repeated or lost a click
         examples = [parse_example(r.value)["event_id"] for r in
                     read_topic(settings, settings.topic_examples, read_committed=True)]
-        assert len(examples) == len(set(examples)) == CLICKS  # none lost, none twice
-        assert set(examples) == click_ids
-        assert report["clicks_trained"] == CLICKS and report["examples_seen"] == CLICKS
+        assert len(examples) == len(set(examples)), (
+            f"{len(examples) - len(set(examples))} examples written twice; joiner: {joined}")
+        assert set(examples) == click_ids, f"{len(click_ids - set(examples))} clicks never joined"
+        assert report["examples_seen"] == CLICKS, (
+            f"the worker read {report['examples_seen']} examples of {CLICKS}: {report}")
+        assert report["clicks_trained"] == trained(settings) == CLICKS, report
