@@ -269,6 +269,7 @@ class Worker:
         return {**self.counters, **self.trainer.monitor.report(), **self.trainer.loss_trace.report(),
                 "examples_seen": ingest["examples_seen"],
                 "dead_lettered": ingest["dead_lettered_total"], "orphans": ingest["orphans"],
+                "refetched": ingest["refetched"],
                 "last_loss": self.trainer.last_loss, "stuck_polls_woken": self.prefetcher.wakes,
                 "snapshot_version": self.follower.version, "resets": self.follower.resets}
 

@@ -189,7 +189,8 @@ class ExampleJoiner:
         self._pending: set[int] = set()
         self.counters = dict.fromkeys(
             ("records", "exposures", "clicks", "examples", "orphans", "dead_lettered",
-             "transactions", "aborted", "restores", "replayed_records", "snapshots", "fenced"), 0)
+             "transactions", "aborted", "restores", "replayed_records", "snapshots", "fenced",
+             "refetched"), 0)
         self._busy_s = 0.0
 
     # -- the loop -------------------------------------------------------------------------
@@ -260,13 +261,16 @@ class ExampleJoiner:
             for lane in lanes:
                 state = self._lanes[lane]
                 for kind in _KINDS:
-                    records = batches.get(self._tp(self._topics[kind], lane))
+                    records = self._unseen(batches.get(self._tp(self._topics[kind], lane)),
+                                           state.offsets[kind])
                     if records:
                         self._join(kind, lane, records)
                         state.offsets[kind] = records[-1].offset + 1
                 snapshots[lane] = self._write_state(lane, state)
-            offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
-                       for tp, records in batches.items()}
+            # the lanes' next offsets, exactly what their state-log records say
+            lane_offsets = {tp: self._lanes[tp.partition].offsets[self._kind_of[tp.topic]]
+                            for tp in batches}
+            offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in lane_offsets.items()}
             self._busy_s += time.perf_counter() - began
             producer.send_offsets_to_transaction(offsets, membership)
             producer.commit_transaction()
@@ -289,6 +293,18 @@ class ExampleJoiner:
                 state.snapshot_offset = future.get(timeout=0).offset
                 state.since_snapshot = 0
                 self.counters["snapshots"] += 1
+
+    def _unseen(self, records: list | None, next_offset: int) -> list | None:
+        """``records`` from the lane's next input offset on. After a broker restart the
+        client may move its position back by itself (a log truncation it detects through
+        the new leader epoch); what it fetches again was joined already."""
+        if not records or records[0].offset >= next_offset:
+            return records
+        fresh = [record for record in records if record.offset >= next_offset]
+        self.counters["refetched"] += len(records) - len(fresh)
+        log.warning("%s[%d]: %d records below offset %d fetched a second time; dropped",
+                    records[0].topic, records[0].partition, len(records) - len(fresh), next_offset)
+        return fresh
 
     def _recover_from_fencing(self, error: Exception) -> bool:
         """After the broker fenced this producer, start a new one and restore the lanes;

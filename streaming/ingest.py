@@ -171,8 +171,9 @@ class StreamIngestor:
             self._aligner.clear()  # buffered records were fetched from the old positions
 
     def counters(self) -> dict[str, Any]:
-        """The router's counters (:meth:`RecordRouter.counters`)."""
-        return self._router.counters()
+        """The router's counters (:meth:`RecordRouter.counters`) and ``refetched``
+        (records the client fetched a second time, dropped: :class:`KafkaSource`)."""
+        return {**self._router.counters(), "refetched": self._source.refetched}
 
     def state_dict(self) -> dict[str, Any]:
         """Offsets and counters, as plain JSON-able structures."""

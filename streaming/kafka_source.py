@@ -13,6 +13,11 @@ with a retriable Kafka error (connection refused, timeouts, no leader yet) retur
 nothing after a short pause and the next one tries again; positions are unchanged, since
 no record was handed out. A commit that fails is logged and left to the next one.
 
+A record is handed out once per seek: after a broker restart the client may move its
+position back by itself (it detects a log truncation through the new leader epoch and
+seeks to the divergence), and the records it fetches again were handed out already.
+They are dropped, counted in ``refetched`` and logged.
+
 Examples
 --------
 >>> class OnePartition:  # stands in for a KafkaConsumer
@@ -75,6 +80,8 @@ class KafkaSource:
         self._next: dict[TopicPartition, int] = {}
         self._warned_at = -float("inf")
         self.fetch_failures = 0
+        self.refetched = 0  # records the client fetched a second time, dropped
+        self._fetched: dict[TopicPartition, int] = {}  # next offset expected from the client
         self.partitions = [tp for topic in topics for tp in partitions_of(consumer, topic)]
         consumer.assign(self.partitions)
         consumer.seek_to_beginning(*self.partitions)
@@ -92,7 +99,7 @@ class KafkaSource:
         """The next records of each partition (waiting up to ``timeout_s`` for some);
         nothing, after a short pause, while the broker cannot be reached."""
         try:
-            return self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as error:
             if not is_retriable(error):
                 raise
@@ -100,6 +107,21 @@ class KafkaSource:
             self._warn(f"fetching failed ({error!r}); retrying until the broker is back")
             time.sleep(RETRY_PAUSE_S)
             return {}
+        for tp, records in batches.items():
+            expected = self._fetched.get(tp)
+            if records and expected is not None and records[0].offset < expected:
+                records = batches[tp] = self._drop_refetched(tp, records, expected)
+            if records:
+                self._fetched[tp] = records[-1].offset + 1
+        return batches
+
+    def _drop_refetched(self, tp: TopicPartition, records: list, expected: int) -> list:
+        fresh = [record for record in records if record.offset >= expected]
+        self.refetched += len(records) - len(fresh)
+        log.warning("%s: the client fetched %d records below offset %d a second time (its "
+                    "position moved back after a broker restart); dropped",
+                    tp, len(records) - len(fresh), expected)
+        return fresh
 
     def fetched_to_end(self, tp: TopicPartition) -> bool:
         """True when ``tp`` is fetched up to its last known end (False while the broker
@@ -156,7 +178,7 @@ class KafkaSource:
                 if tp not in assigned:
                     raise ValueError(f"{topic}[{partition}] is not one of the consumed partitions")
                 self._consumer.seek(tp, offset)
-                self._next[tp] = offset
+                self._next[tp] = self._fetched[tp] = offset
 
     def rewind(self, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
         """Move ``topic``'s partitions to ``offsets`` and every other partition back to
@@ -166,11 +188,13 @@ class KafkaSource:
         for tp in self.partitions:
             if tp.topic == topic and tp.partition in offsets:
                 self._consumer.seek(tp, offsets[tp.partition])
-                self._next[tp] = offsets[tp.partition]
+                self._next[tp] = self._fetched[tp] = offsets[tp.partition]
             elif tp in self._next:
                 self._consumer.seek(tp, self._next[tp])
+                self._fetched[tp] = self._next[tp]
             else:
                 self._consumer.seek_to_beginning(tp)
+                self._fetched.pop(tp, None)
         return before
 
     def commit(self, offsets: Mapping[str, Mapping[int | str, int]] | None = None) -> None:
