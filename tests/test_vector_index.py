@@ -413,6 +413,10 @@ def test_server_unavailable_is_retried_with_backoff_then_raised():
         index.count("items")
     assert waits == [0.01, 0.02, 0.03]
     assert "connect" in repr(caught.value).lower()
+    # what the worker's writer then does with it: keep the vectors and try again later
+    from recallstream.model.index_sync import is_retryable
+
+    assert is_retryable(caught.value)
 
 
 @pytest.mark.parametrize("backend", EMBEDDED)
