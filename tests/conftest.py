@@ -14,7 +14,9 @@ Tests that use neither fixture never start a broker.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import re
 import uuid
 
@@ -78,6 +80,23 @@ def join_examples(settings, idle_s: float = 2.0) -> dict:
                             session_timeout_s=6.0)
     return ExampleJoiner(settings, options).run()
 
+
+
+@contextlib.contextmanager
+def replayed_and_joined(settings, name: str, clicks: int):
+    """Scratch topics (2 partitions, named after ``name``) holding the first ``clicks``
+    MovieLens ratings as exposures and clicks, joined into examples; their settings."""
+    from recallstream.consumers.replay import ReplayPlan, publish
+    from recallstream.streaming.kafka_io import scratch_topics
+    from recallstream.streaming.movielens import load_movielens
+
+    with scratch_topics(settings, f"{name}-{os.getpid()}-{random.randrange(1 << 30)}",
+                        partitions=2) as topics:
+        summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=clicks), topics,
+                          progress=False)
+        assert (summary.clicks, summary.failed) == (clicks, 0)
+        join_examples(topics)
+        yield topics
 
 
 def after_last_record(settings, topic: str) -> dict[int, int]:

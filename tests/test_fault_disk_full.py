@@ -10,11 +10,11 @@ the next checkpoint, once there is room again, succeeds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
 import os
-import random
 import subprocess
 import threading
 import time
@@ -27,44 +27,41 @@ from recallstream.model.online import OnlineLearner, stream_tower_config
 from recallstream.model.snapshot_store import SnapshotStore, SnapshotWriteFailed
 
 
-def mount_tmpfs(folder, size: str):
+@contextlib.contextmanager
+def mounted_tmpfs(folder, size: str):
+    """A tmpfs of ``size`` mounted on the new ``folder`` while the block runs (the test is
+    skipped where mounting is refused)."""
     folder.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a size-limited tmpfs here (needs root or CAP_SYS_ADMIN): "
                     f"{mounted.stderr.strip() or mounted.returncode}")
-    return folder
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture
 def small_disk(tmp_path):
     """A tmpfs of 2 MiB mounted on a fresh folder (skipped where mounting is refused)."""
-    folder = mount_tmpfs(tmp_path / "small-disk", "2m")
-    try:
+    with mounted_tmpfs(tmp_path / "small-disk", "2m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture
 def snapshot_disk(tmp_path):
     """A tmpfs with room for a few snapshots of a small learner (4 MB each)."""
-    folder = mount_tmpfs(tmp_path / "snapshot-disk", "32m")
-    try:
+    with mounted_tmpfs(tmp_path / "snapshot-disk", "32m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture
 def worker_disk(tmp_path):
     """A tmpfs with room for a few of the worker's checkpoints (tens of MB each)."""
-    folder = mount_tmpfs(tmp_path / "worker-disk", "256m")
-    try:
+    with mounted_tmpfs(tmp_path / "worker-disk", "256m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def fill(folder) -> "os.PathLike":
@@ -152,23 +149,15 @@ def failures() -> float:
 
 def test_a_worker_whose_checkpoint_disk_is_full_keeps_training_and_retries(
         kafka_settings, worker_disk, tmp_path, caplog):
-    from recallstream.consumers.replay import ReplayPlan, publish
     from recallstream.consumers.worker import Worker, WorkerOptions
     from recallstream.model.vector_index import VectorIndex
-    from recallstream.streaming.kafka_io import scratch_topics
-    from recallstream.streaming.movielens import load_movielens
 
-    from conftest import after_last_record, join_examples
+    from conftest import after_last_record, replayed_and_joined
 
     tuned = dataclasses.replace(kafka_settings, batch_size=BATCH, batch_timeout_s=0.5,
                                 checkpoint_every_batches=2, checkpoint_every_s=1e6,
                                 metrics_port=0, checkpoint_dir=str(worker_disk / "ckpt"))
-    with scratch_topics(tuned, f"diskfull-{os.getpid()}-{random.randrange(1 << 30)}",
-                        partitions=2) as settings:
-        summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=CLICKS), settings,
-                          progress=False)
-        assert (summary.clicks, summary.failed) == (CLICKS, 0)
-        join_examples(settings)
+    with replayed_and_joined(tuned, "diskfull", CLICKS) as settings:
         os.makedirs(settings.checkpoint_dir)
         filler = fill(worker_disk)  # full before the first checkpoint
         before = failures()

@@ -16,22 +16,18 @@ every few batches) and every click is trained once.
 from __future__ import annotations
 
 import dataclasses
-import os
-import random
 import threading
 import time
 
 import pytest
 from prometheus_client import REGISTRY
 
-from recallstream.consumers.replay import ReplayPlan, publish
 from recallstream.consumers.worker import Worker, WorkerOptions
 from recallstream.model.checkpoint import CheckpointStore
 from recallstream.model.vector_index import VectorIndex
-from recallstream.streaming.kafka_io import read_topic, scratch_topics
-from recallstream.streaming.movielens import load_movielens
+from recallstream.streaming.kafka_io import read_topic
 
-from conftest import after_last_record, committed_offsets, join_examples
+from conftest import after_last_record, committed_offsets, replayed_and_joined
 
 CLICKS = 1200
 BATCH = 100
@@ -83,12 +79,7 @@ def stream(kafka_settings, tmp_path):
                                 reembed_every_batches=1, qdrant_drain_timeout_s=120.0,
                                 qdrant_write_interval_s=0.0, metrics_port=0,
                                 checkpoint_dir=str(tmp_path / "ckpt"))
-    with scratch_topics(tuned, f"qdrant-{os.getpid()}-{random.randrange(1 << 30)}",
-                        partitions=2) as settings:
-        summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=CLICKS), settings,
-                          progress=False)
-        assert (summary.clicks, summary.failed) == (CLICKS, 0)
-        join_examples(settings)
+    with replayed_and_joined(tuned, "qdrant", CLICKS) as settings:
         yield settings
 
 

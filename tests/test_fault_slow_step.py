@@ -13,14 +13,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import random
 import threading
 import time
 
 from recallstream.streaming.example_joiner import ExampleJoiner, JoinerOptions
 
-from conftest import after_last_record, committed_offsets, join_examples
+from conftest import after_last_record, committed_offsets, replayed_and_joined
 from test_joiner_kafka import WINDOW_S, assert_exactly_once, committed_examples, make_stream, produce
 
 POLL_INTERVAL_S = 2.0
@@ -96,13 +94,10 @@ BATCH = 100
 def test_a_worker_step_slower_than_max_poll_interval_trains_every_example_once(
         kafka_settings, tmp_path, monkeypatch):
     from recallstream.consumers import stream_trainer
-    from recallstream.consumers.replay import ReplayPlan, publish
     from recallstream.consumers.worker import Worker, WorkerOptions
     from recallstream.model.checkpoint import CheckpointStore
     from recallstream.model.vector_index import VectorIndex
     from recallstream.streaming import kafka_source
-    from recallstream.streaming.kafka_io import scratch_topics
-    from recallstream.streaming.movielens import load_movielens
 
     consumers = []
     make_consumer = kafka_source.make_consumer
@@ -126,12 +121,7 @@ def test_a_worker_step_slower_than_max_poll_interval_trains_every_example_once(
     tuned = dataclasses.replace(kafka_settings, batch_size=BATCH, batch_timeout_s=0.3,
                                 checkpoint_every_batches=2, checkpoint_every_s=1e6,
                                 metrics_port=0, checkpoint_dir=str(tmp_path / "ckpt"))
-    with scratch_topics(tuned, f"slow-{os.getpid()}-{random.randrange(1 << 30)}",
-                        partitions=2) as settings:
-        summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=CLICKS), settings,
-                          progress=False)
-        assert (summary.clicks, summary.failed) == (CLICKS, 0)
-        join_examples(settings)
+    with replayed_and_joined(tuned, "slow", CLICKS) as settings:
         index = VectorIndex.connect(":memory:")
         report = Worker(settings, WorkerOptions(exit_when_idle_s=3.0), index=index).run()
         assert len(slow_steps) == 3 and consumers, "the fault was not injected"

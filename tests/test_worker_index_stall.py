@@ -8,21 +8,16 @@ a server's connection errors do)."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import random
 import time
 
 import pytest
 
-from recallstream.consumers.replay import ReplayPlan, publish
 from recallstream.consumers.worker import Worker, WorkerOptions
 from recallstream.model.checkpoint import CheckpointStore
 from recallstream.model.index_sync import StalledIndex
 from recallstream.model.vector_index import VectorIndex
-from recallstream.streaming.kafka_io import scratch_topics
-from recallstream.streaming.movielens import load_movielens
 
-from conftest import join_examples
+from conftest import replayed_and_joined
 
 CLICKS = 600
 
@@ -49,12 +44,7 @@ def test_a_worker_whose_qdrant_never_comes_back_stops_with_stalled_index(kafka_s
                                 checkpoint_every_batches=2, checkpoint_every_s=1e6,
                                 qdrant_drain_timeout_s=1.0, qdrant_write_interval_s=0.0,
                                 metrics_port=0, checkpoint_dir=str(tmp_path / "ckpt"))
-    with scratch_topics(tuned, f"stall-{os.getpid()}-{random.randrange(1 << 30)}",
-                        partitions=2) as settings:
-        summary = publish(ReplayPlan(load_movielens("ml-100k"), limit=CLICKS), settings,
-                          progress=False)
-        assert (summary.clicks, summary.failed) == (CLICKS, 0)
-        join_examples(settings)
+    with replayed_and_joined(tuned, "stall", CLICKS) as settings:
         memory = VectorIndex.connect(":memory:")
         gone = QdrantGone(memory)
         worker = Worker(settings, WorkerOptions(exit_when_idle_s=30), index=gone)
