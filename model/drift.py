@@ -42,25 +42,30 @@ import pickle
 from collections import Counter
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
-from river import drift
-from river.drift import binary
-
 STATE_VERSION = 1
 POPULARITY_WINDOW = 1000  # clicks per window of the input-drift signals
+
+
+def _river():
+    # imported on first use: river.drift imports scipy.stats (over a second), which the
+    # commands that only name the signals (every CLI start, the joiner) need not pay
+    from river import drift
+    from river.drift import binary  # noqa: F401 (loads the submodule drift.binary)
+    return drift
 
 
 def _divergence_detector():
     # One value per window; JS between two windows of the same distribution is a small,
     # steady positive figure (sampling noise), an abrupt shift moves it far up at once.
-    return drift.PageHinkley(min_instances=3, delta=0.02, threshold=0.15, mode="up")
+    return _river().PageHinkley(min_instances=3, delta=0.02, threshold=0.15, mode="up")
 
 
 DETECTORS: dict[str, Callable[[], Any]] = {
-    "miss_at_50": lambda: binary.DDM(warm_start=300),
-    "loss": lambda: drift.PageHinkley(min_instances=30, delta=0.05, threshold=5.0, mode="up"),
-    "positive_score": lambda: drift.ADWIN(delta=0.002),
-    "user_norm": lambda: drift.ADWIN(delta=0.002),
-    "item_norm": lambda: drift.ADWIN(delta=0.002),
+    "miss_at_50": lambda: _river().binary.DDM(warm_start=300),
+    "loss": lambda: _river().PageHinkley(min_instances=30, delta=0.05, threshold=5.0, mode="up"),
+    "positive_score": lambda: _river().ADWIN(delta=0.002),
+    "user_norm": lambda: _river().ADWIN(delta=0.002),
+    "item_norm": lambda: _river().ADWIN(delta=0.002),
     "item_popularity": _divergence_detector,
     "item_genres": _divergence_detector,
     "user_age": _divergence_detector,
