@@ -62,15 +62,23 @@ class CatalogVectors:
         if not known.any():
             return known
         scores = np.asarray(user_vectors, dtype=np.float32) @ self.vectors.T
-        rows = np.arange(len(targets))
-        target_scores = scores[rows, np.maximum(targets, 0)]
-        excluded = [(i, self._row[e]) for i, items in enumerate(exclude) for e in items if e in self._row]
-        if excluded:
-            at = np.array(excluded, dtype=np.int64)
-            scores[at[:, 0], at[:, 1]] = -np.inf
+        target_scores = scores[np.arange(len(targets)), np.maximum(targets, 0)]
         # rank of the target = how many candidates score strictly higher
-        better = (scores > target_scores[:, None]).sum(axis=1)
+        better = np.count_nonzero(scores > target_scores[:, None], axis=1)
+        # leaving items out lowers a rank by at most their number: only the rows in
+        # between need to know which of their excluded items outscored the target
+        counts = np.fromiter(map(len, exclude), dtype=np.int64, count=len(exclude))
+        for i in np.flatnonzero(known & (better >= k) & (better - counts < k)).tolist():
+            better[i] -= self._outscoring(scores[i], target_scores[i], targets[i], exclude[i])
         return known & (better < k)
+
+    def _outscoring(self, scores: np.ndarray, target_score: float, target: int,
+                    excluded: Sequence[str]) -> int:
+        """How many distinct ``excluded`` items of the catalog score above the target."""
+        rows = {self._row[e] for e in excluded if e in self._row} - {target}
+        if not rows:
+            return 0
+        return int(np.count_nonzero(scores[np.fromiter(rows, dtype=np.int64)] > target_score))
 
 
 @dataclass

@@ -57,12 +57,50 @@ class MostPopularSoFar:
 
     def hits_then_count(self, item_ids: Sequence[str], k: int,
                         exclude: Sequence[Sequence[str]]) -> np.ndarray:
-        """Score each click, then count it, in order (counts updated after every click)."""
-        hits = np.zeros(len(item_ids), dtype=bool)
-        for i, (item_id, excluded) in enumerate(zip(item_ids, exclude)):
-            hits[i] = self._hit(item_id, k, excluded)
-            self.update((item_id,))
+        """Score each click, then count it, in order (counts updated after every click).
+
+        All clicks at once: click ``i`` is ranked by the counts before the batch plus the
+        batch's clicks before ``i``, which only the batch's own items have.
+        """
+        if not item_ids:
+            return np.zeros(0, dtype=bool)
+        slots = np.array([self._slot_of(item_id) for item_id in item_ids], dtype=np.int64)
+        size = len(self._slot)
+        counts = self._counts[:size]
+        batch_slots, at = np.unique(slots, return_inverse=True)
+        # before[i, j]: count of the batch's j-th item just before click i
+        seen = np.zeros((len(slots), len(batch_slots)), dtype=np.int64)
+        seen[np.arange(len(slots)), at] = 1
+        before = counts[batch_slots] + np.cumsum(seen, axis=0) - seen
+        # one key orders the ranking: more clicks first, then the earlier first click
+        batch_keys = before * size + (size - 1 - batch_slots)
+        target_keys = batch_keys[np.arange(len(slots)), at]
+        others = np.ones(size, dtype=bool)
+        others[batch_slots] = False
+        other_keys = np.sort(counts[others] * size + (size - 1 - np.flatnonzero(others)))
+        ahead = (len(other_keys) - np.searchsorted(other_keys, target_keys, side="right")
+                 + np.count_nonzero(batch_keys > target_keys[:, None], axis=1))
+        lengths = np.fromiter(map(len, exclude), dtype=np.int64, count=len(exclude))
+        clicked = before[np.arange(len(slots)), at] > 0
+        hits = clicked & (ahead < k)
+        # leaving items out moves a target up by at most their number
+        for i in np.flatnonzero(clicked & (ahead >= k) & (ahead - lengths < k)).tolist():
+            left_out = self._keys_at(i, exclude[i], slots[i], counts, batch_slots, before)
+            hits[i] = ahead[i] - np.count_nonzero(left_out > target_keys[i]) < k
+        np.add.at(self._counts, slots, 1)
         return hits
+
+    def _keys_at(self, i: int, excluded: Sequence[str], target: int, counts: np.ndarray,
+                 batch_slots: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """The ranking keys of the distinct ``excluded`` items other than the target,
+        just before the batch's click ``i``."""
+        found = (self._slot.get(item_id) for item_id in set(excluded))
+        slots = np.fromiter((s for s in found if s is not None and s != target), dtype=np.int64)
+        at = np.minimum(np.searchsorted(batch_slots, slots), len(batch_slots) - 1)
+        in_batch = batch_slots[at] == slots
+        now = np.where(in_batch, before[i, at], counts[slots])
+        size = len(counts)
+        return now * size + (size - 1 - slots)
 
     def _hit(self, item_id: str, k: int, excluded: Sequence[str]) -> bool:
         slot = self._slot.get(item_id)
@@ -73,6 +111,8 @@ class MostPopularSoFar:
         ahead = int(np.count_nonzero(counts > count)) + int(np.count_nonzero(counts[:slot] == count))
         if ahead < k:
             return True  # leaving items out can only move the target up
+        if ahead - len(excluded) >= k:
+            return False  # ... and by at most their number
         for other in set(excluded):
             s = self._slot.get(other)
             if s is not None and s != slot and (counts[s] > count or (counts[s] == count and s < slot)):

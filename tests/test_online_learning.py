@@ -189,6 +189,23 @@ def test_popularity_counted_after_every_click_matches_a_plain_ranking():
         assert hits == plain_popularity_hits(clicks, exclude, k)
 
 
+def test_popularity_scored_batch_after_batch_matches_a_plain_ranking_of_the_whole_stream():
+    for seed in range(30):
+        rng = random.Random(seed)
+        items = [f"i{n}" for n in range(rng.randrange(2, 60))]
+        clicks = [rng.choice(items[:rng.randrange(1, len(items) + 1)]) for _ in range(300)]
+        # repeats, the clicked item itself and never-clicked ids among the exclusions
+        exclude = [rng.choices(items, k=rng.randrange(0, 12)) + [click, "never"] for click in clicks]
+        k = rng.randrange(1, 12)
+        baseline, hits, start = MostPopularSoFar(), [], 0
+        while start < len(clicks):
+            end = start + rng.randrange(1, 80)
+            hits += baseline.hits_then_count(clicks[start:end], k, exclude[start:end]).tolist()
+            start = end
+        assert hits == plain_popularity_hits(clicks, exclude, k)
+        assert baseline.counts == {item: clicks.count(item) for item in dict.fromkeys(clicks)}
+
+
 def test_history_without_decay_is_the_plain_mean_and_with_decay_weighs_recent_items_more():
     flat = History("h", num_buckets=50, dim=3, max_length=4).build()
     decayed = History("h", num_buckets=50, dim=3, max_length=4, decay=0.7).build()

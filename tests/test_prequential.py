@@ -140,3 +140,24 @@ def test_catalog_vectors_top_k_matches_a_plain_ranking():
     got = catalog.in_top_k(users, targets, k=7, exclude=exclude).tolist()
     assert got == reference_in_top_k(matrix, live, users, targets, 7, exclude)
     assert any(got) and not all(got)
+
+
+def test_catalog_vectors_top_k_matches_a_plain_ranking_with_repeated_and_self_exclusions():
+    flipped = 0  # rows that only excluding items made a hit: the exclusion path ran
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        pick = random.Random(seed)
+        live = [f"i{n}" for n in range(pick.randrange(5, 60))]
+        matrix = rng.normal(size=(len(live), 3)).astype(np.float32)
+        catalog = CatalogVectors(live, matrix)
+        users = rng.normal(size=(25, 3)).astype(np.float32)
+        targets = [pick.choice(live) for _ in range(25)]
+        # repeats, the target itself and unknown ids, as a user's click prefixes have
+        exclude = [pick.choices(live, k=pick.randrange(0, 15)) + [target, "gone"]
+                   for target in targets]
+        k = pick.randrange(1, 8)
+        got = catalog.in_top_k(users, targets, k=k, exclude=exclude).tolist()
+        assert got == reference_in_top_k(matrix, live, users, targets, k, exclude)
+        flipped += sum(got) - sum(catalog.in_top_k(users, targets, k=k,
+                                                   exclude=[[]] * len(targets)).tolist())
+    assert flipped > 0
