@@ -95,7 +95,15 @@ def bucketize(values: Iterable[str | None], num_buckets: int, key: str = "") -> 
     """
     if num_buckets < 2:
         raise ValueError(f"num_buckets must be at least 2 (bucket 0 is reserved), got {num_buckets}")
-    values = list(values)
+    values = values if isinstance(values, list) else list(values)
+    cache = _caches.get(key)
+    if cache is not None and "" not in cache:
+        try:  # the fast path: every value a string hashed before (None never is)
+            hashes = np.array([cache[value] for value in values], dtype=np.uint64)
+        except (KeyError, TypeError):
+            pass
+        else:
+            return (hashes % np.uint64(num_buckets - 1)).astype(np.int64) + 1
     present = np.fromiter((v is not None and v != "" for v in values), dtype=bool, count=len(values))
     hashes = stable_hash((v for v, p in zip(values, present) if p), key=key)
     buckets = np.zeros(len(values), dtype=np.int64)

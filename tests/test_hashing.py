@@ -31,6 +31,17 @@ def test_missing_values_take_the_reserved_bucket_and_present_ones_never_do():
     assert buckets[2:].min() >= 1 and buckets.max() <= 16
 
 
+def test_buckets_of_values_hashed_before_equal_those_of_a_first_hashing():
+    def keyed(value):
+        return 1 + int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8,
+                                                  key=b"warm").digest(), "little") % 12
+    values = ["a", "b", "a", "ünï"]
+    first = bucketize(values, 13, key="warm").tolist()  # hashes and remembers them
+    again = bucketize(values, 13, key="warm").tolist()  # every value remembered
+    assert first == again == [keyed(v) for v in values]
+    assert bucketize(values + [None, ""], 13, key="warm").tolist() == again + [0, 0]
+
+
 def test_buckets_spread_roughly_uniformly():
     buckets = bucketize([str(i) for i in range(20_000)], 11, key="f")
     counts = np.bincount(buckets, minlength=11)[1:]
