@@ -48,7 +48,7 @@ from collections import deque
 from recallstream.consumers import metrics
 from recallstream.consumers.index_publisher import IndexPublisher
 from recallstream.consumers.watch import TrainingWatch
-from recallstream.model.catalog_vectors import BatchVectors
+from recallstream.model.catalog_vectors import BatchVectors, EncodedCatalog
 from recallstream.model.prequential import PrequentialMonitor
 from recallstream.streaming.entity_tables import EntityTables
 from recallstream.streaming.minibatch import Minibatcher
@@ -130,6 +130,7 @@ class StreamTrainer:
         self.loss_trace = LossTrace()
         self.timing = {"last_batch": None, "records": 0}
         self.watch = TrainingWatch(monitor.k, health_every)
+        self.catalog = EncodedCatalog()
         publisher.sync.on_write = self.watch.written
         publisher.sync.on_reject = metrics.observe_qdrant_rejected
 
@@ -157,7 +158,8 @@ class StreamTrainer:
             item_ids = [p.click.item_id for p in chunk]
             self.last_loss = learner.step(learner.make_batch(
                 user_ids, item_ids, learner.prefix_histories(user_ids, item_ids),
-                self.tables.users, self.tables.items))
+                self.tables.users, self.tables.items,
+                encode_items=self.catalog.encoder(learner, self.tables)))
             self.counters["clicks_replayed"] += len(chunk)
             self.counters["clicks_since_snapshot"] += len(chunk)
 
@@ -179,14 +181,20 @@ class StreamTrainer:
         """Score, train on and publish one minibatch of (user id, item id, event time)."""
         user_ids = [click[0] for click in batch]
         item_ids = [click[1] for click in batch]
-        users, items = self.tables.users, self.tables.items
-        # the catalog and the batch's users embedded once, for the scores and the health figures
-        vectors = BatchVectors.compute(self.learner, user_ids, item_ids, users, items)
+        learner, users, items = self.learner, self.tables.users, self.tables.items
+        # the catalog and the batch's users embedded once, for the scores and the health
+        # figures; the users' inputs encoded once, for those and for the step
+        histories = learner.prefix_histories(user_ids, item_ids)
+        user_inputs = learner.encode_users(user_ids, users, histories)
+        vectors = BatchVectors(histories, self.catalog.vectors(learner, self.tables),
+                               learner.embed_encoded_users(user_inputs))
         hits = self.monitor.score(self.learner, user_ids, item_ids, users, items, vectors)
         health = self.watch.before_step(self.learner, user_ids, item_ids, users, items, vectors,
                                         self.counters["batches"])
         started = time.perf_counter()
-        self.last_loss = self.learner.train_batch(user_ids, item_ids, users, items, vectors.histories)
+        self.last_loss = learner.train_batch(user_ids, item_ids, users, items, histories,
+                                             user_inputs=user_inputs,
+                                             encode_items=self.catalog.encoder(learner, self.tables))
         self.loss_trace.add(self.last_loss)
         step_seconds = time.perf_counter() - started
         self.counters["clicks_trained"] += len(batch)

@@ -17,10 +17,11 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 class CatalogVectors:
@@ -33,10 +34,11 @@ class CatalogVectors:
     vectors : ndarray
     """
 
-    def __init__(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+    def __init__(self, item_ids: Sequence[str], vectors: np.ndarray,
+                 rows: Mapping[str, int] | None = None) -> None:
         self.item_ids = list(item_ids)
         self.vectors = np.asarray(vectors, dtype=np.float32)
-        self._row = {item_id: row for row, item_id in enumerate(self.item_ids)}
+        self._row = rows if rows is not None else {item_id: row for row, item_id in enumerate(self.item_ids)}
 
     @classmethod
     def embed(cls, learner, items: Mapping[str, Mapping]) -> "CatalogVectors":
@@ -79,6 +81,67 @@ class CatalogVectors:
         if not rows:
             return 0
         return int(np.count_nonzero(scores[np.fromiter(rows, dtype=np.int64)] > target_score))
+
+
+class EncodedCatalog:
+    """The whole catalog's ids (sorted) and item-tower inputs, encoded once per version of
+    the items table (``tables.items_version``): encoding hashes every feature value in
+    Python and costs more than the tower's forward pass, which is all a batch then runs.
+
+    Examples
+    --------
+    >>> from recallstream.model.online import OnlineLearner, stream_tower_config
+    >>> from recallstream.streaming.entity_tables import EntityTables
+    >>> from recallstream.streaming.events import EntityRecord
+    >>> learner = OnlineLearner(stream_tower_config(id_buckets=64, dim=4), seed=0)
+    >>> tables, catalog = EntityTables(), EncodedCatalog()
+    >>> _ = tables.apply([EntityRecord("items", i, 1.0, {}) for i in ("b", "a")])
+    >>> vectors = catalog.vectors(learner, tables)
+    >>> vectors.item_ids, bool(np.allclose(vectors.vectors, learner.embed_items(["a", "b"], tables.items)))
+    (['a', 'b'], True)
+    >>> _ = tables.apply([EntityRecord("items", "c", 2.0, {})])
+    >>> catalog.vectors(learner, tables).item_ids  # a new version of the table: encoded again
+    ['a', 'b', 'c']
+    >>> encode = catalog.encoder(learner, tables)  # rows of the encoded catalog
+    >>> all(torch.equal(encode(["c", "a"])[name], tensor)
+    ...     for name, tensor in learner.encode_items(["c", "a"], tables.items).items())
+    True
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._item_ids: list[str] = []
+        self._rows: dict[str, int] = {}
+        self._inputs = None
+
+    def vectors(self, learner, tables) -> CatalogVectors:
+        """The catalog of ``tables`` embedded by ``learner``'s current weights."""
+        self._refresh(learner, tables)
+        if not self._item_ids:
+            return CatalogVectors([], np.zeros((0, learner.dim), dtype=np.float32))
+        return CatalogVectors(self._item_ids, learner.embed_encoded_items(self._inputs), self._rows)
+
+    def encoder(self, learner, tables) -> Callable[[Sequence[str]], dict]:
+        """``ids -> their item-tower inputs``, rows of the encoded catalog (what
+        ``learner.encode_items(ids, tables.items)`` gives, without encoding again)."""
+        self._refresh(learner, tables)
+        rows, inputs = self._rows, self._inputs
+
+        def encode(item_ids: Sequence[str]) -> dict:
+            at = [rows.get(item_id, -1) for item_id in item_ids]
+            if inputs is None or -1 in at:  # an item outside the catalog
+                return learner.encode_items(item_ids, tables.items)
+            index = torch.tensor(at, dtype=torch.int64)
+            return {name: tensor.index_select(0, index) for name, tensor in inputs.items()}
+        return encode
+
+    def _refresh(self, learner, tables) -> None:
+        key = (id(learner), tables.items_version)
+        if key != self._key:
+            self._item_ids = sorted(tables.items)
+            self._rows = {item_id: row for row, item_id in enumerate(self._item_ids)}
+            self._inputs = learner.encode_items(self._item_ids, tables.items) if self._item_ids else None
+            self._key = key
 
 
 @dataclass

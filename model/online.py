@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -151,18 +151,23 @@ class OnlineLearner:
 
     def train_batch(self, user_ids: Sequence[str], item_ids: Sequence[str],
                     users: Mapping[str, Mapping], items: Mapping[str, Mapping],
-                    histories: Sequence[Sequence[str]] | None = None) -> float:
+                    histories: Sequence[Sequence[str]] | None = None, *,
+                    user_inputs: Mapping | None = None,
+                    encode_items: Callable[[Sequence[str]], Mapping] | None = None) -> float:
         """One optimizer step on the clicks ``(user_ids[i], item_ids[i])``; returns the loss.
 
         ``items`` is the known catalog (the uniform negatives come from it);
         ``histories`` the :meth:`prefix_histories` of the clicks, if the caller
-        has them already. The popularity estimate counts the batch first;
-        afterwards each user's history grows by the batch's clicks.
+        has them already, and ``user_inputs`` their :meth:`encode_users`;
+        ``encode_items(ids)`` gives the inputs of catalog items (default:
+        :meth:`encode_items` on ``items``). The popularity estimate counts the
+        batch first; afterwards each user's history grows by the batch's clicks.
         """
         if histories is None:
             histories = self.prefix_histories(user_ids, item_ids)
         self.estimator.update(item_ids)
-        loss = self.step(self.make_batch(user_ids, item_ids, histories, users, items))
+        loss = self.step(self.make_batch(user_ids, item_ids, histories, users, items,
+                                         user_inputs=user_inputs, encode_items=encode_items))
         self.remember(user_ids, item_ids)
         return loss
 
@@ -173,21 +178,26 @@ class OnlineLearner:
 
     def make_batch(self, user_ids: Sequence[str], item_ids: Sequence[str],
                    histories: Sequence[Sequence[str]], users: Mapping[str, Mapping],
-                   items: Mapping[str, Mapping], share=None) -> Batch:
+                   items: Mapping[str, Mapping], share=None, *, user_inputs: Mapping | None = None,
+                   encode_items: Callable[[Sequence[str]], Mapping] | None = None) -> Batch:
         """Encode clicks with the given histories, sample the uniform negatives, compute logQ.
 
         ``share(ids)`` is each item's share of the clicks (default: the streaming
-        estimate; a snapshot passes the shares of the data it trains on).
+        estimate; a snapshot passes the shares of the data it trains on);
+        ``user_inputs`` and ``encode_items``: as in :meth:`train_batch`.
         """
         negatives = self._sample_negatives(items)
         copies = self._expected_copies(len(item_ids), len(items), share or self.estimator.probability)
+        if encode_items is None:
+            encode_items = lambda ids: self.model.encode_items(ids, items)  # noqa: E731
         return Batch(
-            user_inputs=self.model.encode_users(user_ids, users, histories),
-            item_inputs=self.model.encode_items(item_ids, items),
+            user_inputs=(user_inputs if user_inputs is not None
+                         else self.model.encode_users(user_ids, users, histories)),
+            item_inputs=encode_items(item_ids),
             item_ids=_codes(item_ids, ITEM_ID),
             log_q=torch.from_numpy(np.log(copies(item_ids))).float(),
             user_ids=_codes(user_ids, "user_id"),
-            negative_inputs=self.model.encode_items(negatives, items) if negatives else None,
+            negative_inputs=encode_items(negatives) if negatives else None,
             negative_ids=_codes(negatives, ITEM_ID) if negatives else None,
             negative_log_q=torch.from_numpy(np.log(copies(negatives))).float() if negatives else None)
 
@@ -218,6 +228,23 @@ class OnlineLearner:
     def embed_items(self, item_ids: Sequence[str], items: Mapping[str, Mapping]) -> np.ndarray:
         """Current vectors ``[N, dim]`` of the items."""
         return self.model.embed_items(list(item_ids), items).numpy()
+
+    def encode_items(self, item_ids: Sequence[str], items: Mapping[str, Mapping]) -> dict:
+        """The item tower's inputs of the items (what :meth:`embed_encoded_items` takes)."""
+        return self.model.encode_items(list(item_ids), items)
+
+    def embed_encoded_items(self, inputs: Mapping) -> np.ndarray:
+        """Current vectors ``[N, dim]`` of items encoded by :meth:`encode_items`."""
+        return self.model.embed_item_inputs(inputs).numpy()
+
+    def encode_users(self, user_ids: Sequence[str], users: Mapping[str, Mapping],
+                     histories: Sequence[Sequence[str]]) -> dict:
+        """The user tower's inputs of the users with these histories."""
+        return self.model.encode_users(list(user_ids), users, histories)
+
+    def embed_encoded_users(self, inputs: Mapping) -> np.ndarray:
+        """Current vectors ``[N, dim]`` of users encoded by :meth:`encode_users`."""
+        return self.model.embed_user_inputs(inputs).numpy()
 
     def embed_users(self, user_ids: Sequence[str], users: Mapping[str, Mapping],
                     histories: Sequence[Sequence[str]] | None = None) -> np.ndarray:

@@ -310,12 +310,27 @@ class TwoTower(nn.Module):
                            batch_size)
 
     @torch.no_grad()
+    def embed_item_inputs(self, inputs: Mapping[str, torch.Tensor],
+                          batch_size: int = 4096) -> torch.Tensor:
+        """:meth:`embed_items` of inputs :meth:`encode_items` gave (encoding is pure: the
+        same records give the same inputs whatever the weights, so callers may keep them)."""
+        count = len(next(iter(inputs.values()))) if inputs else 0
+        return self._embed(self.item_vectors, inputs, count, batch_size)
+
+    @torch.no_grad()
     def embed_users(self, user_ids: Sequence[str], users: Mapping[str, Mapping],
                     histories: Sequence[Sequence[str]] | None = None,
                     batch_size: int = 4096) -> torch.Tensor:
         """Vectors ``[N, output_dim]`` of users with their recent histories (eval mode)."""
         return self._embed(self.user_vectors, self.encode_users(user_ids, users, histories),
                            len(user_ids), batch_size)
+
+    @torch.no_grad()
+    def embed_user_inputs(self, inputs: Mapping[str, torch.Tensor],
+                          batch_size: int = 4096) -> torch.Tensor:
+        """:meth:`embed_users` of inputs :meth:`encode_users` gave."""
+        count = len(next(iter(inputs.values()))) if inputs else 0
+        return self._embed(self.user_vectors, inputs, count, batch_size)
 
     def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """Row-wise similarity of paired user and item vectors."""

@@ -76,11 +76,15 @@ class EntityTables:
     Attributes
     ----------
     items, users : dict of str to dict
+    items_version : int
+        Goes up whenever the items table changes (through :meth:`apply` or
+        :meth:`load_state_dict`): what the catalog's encoded inputs are cached by.
     """
 
     def __init__(self) -> None:
         self.items: dict[str, dict[str, Any]] = {}
         self.users: dict[str, dict[str, Any]] = {}
+        self.items_version = 0
 
     def apply(self, changes: Iterable[EntityRecord | Tombstone]) -> CatalogChanges:
         """Apply entity changes in order; return what became of the items they named."""
@@ -95,6 +99,8 @@ class EntityTables:
                 table.pop(change.entity_id, None)
                 if change.kind == "items":
                     retired.add(change.entity_id)
+        if recorded or retired:
+            self.items_version += 1
         # An item retired and recorded again in one call counts by its final state.
         return CatalogChanges(added_items=sorted(i for i in recorded if i in self.items),
                               retired_items=sorted(i for i in retired if i not in self.items))
@@ -105,3 +111,4 @@ class EntityTables:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.items = dict(state["items"])
         self.users = dict(state["users"])
+        self.items_version += 1
