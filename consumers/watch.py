@@ -36,8 +36,8 @@ class TrainingWatch:
     """Health figures and drift detectors of a trainer's learner (module docstring).
 
     ``every``: the health figures that look at the whole catalog (scores, norms,
-    collapse, coverage, the popularity estimate) are computed every this many batches;
-    the rest (recall, loss, inputs) every batch.
+    collapse, coverage, the popularity estimate, the share never trained) are computed
+    every this many batches; the rest (recall, loss, inputs) every batch.
     """
 
     def __init__(self, k: int = 50, every: int = 1) -> None:
@@ -78,11 +78,13 @@ class TrainingWatch:
             since = self._received.pop(item_id, None)
             if since is not None:
                 self._published.setdefault(item_id, since)
-        figures = {**health, **(popularity_health(learner, item_ids, tables.items) if health else {})}
         catalog = tables.items
-        trained = trainer.publisher.item_last_click
-        figures["never_trained"] = (sum(1 for item in catalog if item not in trained and item not in item_ids)
-                                    / len(catalog)) if catalog else None
+        figures = dict(health)
+        if health:  # the catalog-wide figures, on the batches due for them
+            figures.update(popularity_health(learner, item_ids, catalog))
+            trained = trainer.publisher.item_last_click
+            figures["never_trained"] = (sum(1 for item in catalog if item not in trained
+                                            and item not in item_ids) / len(catalog)) if catalog else None
         figures["popular_recall"] = trainer.monitor.popular_hits.rolling()
         metrics.observe_health(figures, len(batch) + learner.uniform_negatives,
                                trainer.counters["batches"])

@@ -121,8 +121,8 @@ class Settings:
         1, "1: start a snapshot's training from the current snapshot's weights; 0: from scratch")
     snapshot_keep: int = _setting(3, "snapshot versions kept (the newest; the current one always)")
     health_every_batches: int = _setting(
-        10, "compute the catalog-wide health figures (norms, collapse, coverage, popularity) "
-            "every N batches")
+        10, "compute the catalog-wide health figures (norms, collapse, coverage, popularity, "
+            "never trained) every N batches")
     snapshot_check_s: float = _setting(
         30.0, "how often the worker looks for a newer snapshot to reset to (seconds)")
     reset_every_event_days: float = _setting(
