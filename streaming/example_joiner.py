@@ -230,7 +230,9 @@ class ExampleJoiner:
             self.close()
         active = last_record - first_record if first_record is not None else 0.0
         return {**self.report(time.monotonic() - started), "lanes": lanes,
-                "active_s": round(active, 3)}
+                "active_s": round(active, 3),
+                # monotonic clock: comparable with another process's on the same machine
+                "first_record_at": first_record}
 
     def report(self, seconds: float) -> dict[str, Any]:
         """Counters, the joiner's waiting clicks, and µs of joiner work per input record."""

@@ -104,7 +104,9 @@ def test_bench_pipeline_reports_pipeline_and_bare_step_rates(kafka_settings, cap
                        "--batch-size", "100", *kafka_settings.flags("bootstrap_servers"))
     assert (figures["clicks"], figures["events"], figures["batch_size"]) == (300, 300 * (1 + EXPOSURES), 100)
     assert figures["pipeline_clicks_per_s"] > 0 and figures["bare_step_samples_per_s"] > 0
-    assert figures["ratio"] > 0
+    assert figures["ratio"] > 0 and figures["joiner_startup_s"] > 0
+    # timed from the joiner's first records: faster than from the joiner's start
+    assert figures["pipeline_events_per_s"] > figures["events_per_s_with_startup"] > 0
 
 
 def test_bench_freshness_reports_probe_latencies(kafka_settings, capsys):
