@@ -5,8 +5,8 @@ Each run replays the first ``--limit`` MovieLens-100K clicks, each with
 ``--exposures-per-click`` exposures (the clicked item's and others), into fresh
 scratch topics (not timed), then measures, side by side on the same machine load:
 
-- **pipeline**: a fresh worker (new checkpoint folder, embedded Qdrant) starts
-  in this process; once its loop runs, one joiner starts as a child process
+- **pipeline**: a fresh worker (new checkpoint folder, embedded Qdrant:
+  ``--backend`` edge, the worker's default, or memory) starts in this process; once its loop runs, one joiner starts as a child process
   (``recallstream joiner``: its own process and GIL, as in production). The
   joiner reads exposures and clicks and writes one example per click, in Kafka
   transactions; the worker reads the examples (``read_committed``) and the
@@ -49,6 +49,10 @@ def add_arguments(parser) -> None:
                         help="clicks replayed for each run")
     parser.add_argument("--exposures-per-click", type=positive_int, default=4,
                         help="exposures per click, the clicked item's included (default: 4)")
+    parser.add_argument("--backend", choices=("edge", "memory"), default="edge",
+                        help="the worker's embedded index: edge (Qdrant Edge beside the run's "
+                             "checkpoints, the worker's default) or memory (qdrant-client's "
+                             "local mode)")
 
 
 def run(args, settings) -> dict[str, Any]:
@@ -60,11 +64,11 @@ def run(args, settings) -> dict[str, Any]:
 
     dataset = load_movielens("ml-100k")
     plan = ReplayPlan(dataset, limit=args.limit, exposures_per_click=args.exposures_per_click - 1)
-    settings = dataclasses.replace(settings, metrics_port=0, qdrant=":memory:")
+    settings = dataclasses.replace(settings, metrics_port=0)
     pipeline, bare = [], []
     with running_broker(settings) as settings:
         for _ in range(args.runs):  # interleaved, so both see the same load
-            pipeline.append(_pipeline_run(settings, plan))
+            pipeline.append(_pipeline_run(settings, plan, args.backend))
             bare.append(_bare_step_rate(settings, dataset, plan))
     events = plan.num_clicks + plan.num_exposures
     seconds = statistics.median(run["seconds"] for run in pipeline)
@@ -82,11 +86,12 @@ def run(args, settings) -> dict[str, Any]:
                                                       for run in pipeline),
             "bare_step_samples_per_s": round(samples), "ratio": round(clicks / samples, 3),
             "batch_size": settings.batch_size, "clicks": plan.num_clicks, "events": events,
-            "exposures_per_click": args.exposures_per_click, "runs": args.runs,
+            "exposures_per_click": args.exposures_per_click, "backend": args.backend,
+            "runs": args.runs,
             "torch_threads": torch.get_num_threads()}
 
 
-def _pipeline_run(settings, plan) -> dict[str, float]:
+def _pipeline_run(settings, plan, backend: str) -> dict[str, float]:
     from recallstream.consumers.replay import publish
     from recallstream.consumers.worker import Worker, WorkerOptions
     from recallstream.streaming.kafka_io import scratch_topics
@@ -95,7 +100,8 @@ def _pipeline_run(settings, plan) -> dict[str, float]:
             tempfile.TemporaryDirectory(prefix="bench-pipeline-ckpt-") as folder:
         publish(plan, topics, progress=False)
         upstream = _JoinerStartedLater()
-        worker = Worker(dataclasses.replace(topics, checkpoint_dir=folder),
+        index = ":memory:" if backend == "memory" else "edge:"  # edge: in the checkpoint folder
+        worker = Worker(dataclasses.replace(topics, checkpoint_dir=folder, qdrant=index),
                         WorkerOptions(exit_when_idle_s=2.0), upstream=upstream)
         thread = threading.Thread(target=worker.run, name="bench-worker")
         thread.start()
