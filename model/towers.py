@@ -306,8 +306,7 @@ class TwoTower(nn.Module):
     def embed_items(self, item_ids: Sequence[str], items: Mapping[str, Mapping],
                     batch_size: int = 4096) -> torch.Tensor:
         """Vectors ``[N, output_dim]`` of items (eval mode, no gradient)."""
-        return self._embed(self.item_vectors, self.encode_items(item_ids, items), len(item_ids),
-                           batch_size)
+        return self.embed_item_inputs(self.encode_items(item_ids, items), batch_size)
 
     @torch.no_grad()
     def embed_item_inputs(self, inputs: Mapping[str, torch.Tensor],
@@ -322,8 +321,7 @@ class TwoTower(nn.Module):
                     histories: Sequence[Sequence[str]] | None = None,
                     batch_size: int = 4096) -> torch.Tensor:
         """Vectors ``[N, output_dim]`` of users with their recent histories (eval mode)."""
-        return self._embed(self.user_vectors, self.encode_users(user_ids, users, histories),
-                           len(user_ids), batch_size)
+        return self.embed_user_inputs(self.encode_users(user_ids, users, histories), batch_size)
 
     @torch.no_grad()
     def embed_user_inputs(self, inputs: Mapping[str, torch.Tensor],
