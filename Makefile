@@ -16,8 +16,12 @@ $(INSTALLED): pyproject.toml deploy/kafka/pom.xml
 	$(VENV)/bin/recallstream broker fetch
 	touch $@
 
+# Two pytest processes (each starts its own broker); a test file stays in one process, as
+# its module fixtures are set up once. TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: install
 	$(VENV)/bin/recallstream demo

@@ -4,7 +4,8 @@
   ``KAFKA_BOOTSTRAP_SERVERS`` when set, otherwise a broker this session starts
   with :class:`recallstream.consumers.local_kafka.LocalBroker` (the code behind
   ``recallstream broker start``) on a free port with a temporary data folder,
-  and stops at the end of the session.
+  and stops at the end of the session (under ``make test``'s pytest-xdist, one
+  broker per test process).
 - ``topic_settings`` (function): ``kafka_settings`` with topic names and a
   consumer group unique to the test, the topics created (2 partitions for
   exposures and clicks) and deleted afterwards.
