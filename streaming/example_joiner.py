@@ -69,6 +69,10 @@ log = logging.getLogger(__name__)
 SNAPSHOT = "snapshot"
 PROGRESS = "progress"
 FENCED_AGAIN_S = 60.0  # fenced again this soon: another process runs with the same instance
+# A transaction's records go out together at its commit, which flushes them: lingering
+# costs no latency, and big batches spare the producer's I/O thread a wake-up (and the
+# broker a request) per few dozen examples. No per-record client metrics (unused).
+TRANSACTION_PRODUCER_OPTIONS = dict(linger_ms=1000, batch_size=1024 * 1024, metrics_enabled=False)
 _KINDS = ("exposures", "clicks")  # the order a lane's records of one transaction are joined in
 
 
@@ -182,7 +186,7 @@ class ExampleJoiner:
         self._make_producer = lambda: make_producer(
             settings, transactional_id=f"{group}-{options.instance}",
             transaction_timeout_ms=int(options.transaction_timeout_s * 1000),
-            max_request_size=JOINER_STATE_MAX_MESSAGE_BYTES)
+            max_request_size=JOINER_STATE_MAX_MESSAGE_BYTES, **TRANSACTION_PRODUCER_OPTIONS)
         self.producer = self._make_producer()
         self._fenced_at = -float("inf")
         self._lanes: dict[int, _Lane] = {}
