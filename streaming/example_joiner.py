@@ -205,6 +205,7 @@ class ExampleJoiner:
         self.consumer.subscribe(list(self._topics.values()), listener=_Listener(self))
         started = last_record = time.monotonic()
         first_record: float | None = None
+        cpu_at_first = cpu_at_last = 0.0  # the process's CPU (all its threads) while active
         lanes: list[int] = []
         try:
             while not self.stop.is_set():
@@ -223,9 +224,10 @@ class ExampleJoiner:
                 batches = {tp: records for tp, records in batches.items()
                            if records and tp.partition in self._lanes}
                 if batches:
-                    first_record = first_record or time.monotonic()
+                    if first_record is None:
+                        first_record, cpu_at_first = time.monotonic(), time.process_time()
                     self._transaction(batches, membership)
-                    last_record = time.monotonic()
+                    last_record, cpu_at_last = time.monotonic(), time.process_time()
                 elif (self.options.exit_when_idle_s is not None and not self._pending
                       and time.monotonic() - last_record > self.options.exit_when_idle_s):
                     break
@@ -235,6 +237,7 @@ class ExampleJoiner:
         active = last_record - first_record if first_record is not None else 0.0
         return {**self.report(time.monotonic() - started), "lanes": lanes,
                 "active_s": round(active, 3),
+                "active_cpu_s": round(cpu_at_last - cpu_at_first, 3),
                 # monotonic clock: comparable with another process's on the same machine
                 "first_record_at": first_record}
 

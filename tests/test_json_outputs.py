@@ -100,13 +100,23 @@ def test_bench_replay_reports_events_per_second(kafka_settings, capsys):
 
 
 def test_bench_pipeline_reports_pipeline_and_bare_step_rates(kafka_settings, capsys):
+    from recallstream.consumers.bench.pipeline import _local_broker_pid
+
     figures = run_json(capsys, "bench", "pipeline", "--runs", "1", "--limit", "300",
-                       "--batch-size", "100", *kafka_settings.flags("bootstrap_servers"))
+                       "--batch-size", "100",
+                       *kafka_settings.flags("bootstrap_servers", "broker_port", "broker_data_dir"))
     assert (figures["clicks"], figures["events"], figures["batch_size"]) == (300, 300 * (1 + EXPOSURES), 100)
     assert figures["pipeline_clicks_per_s"] > 0 and figures["bare_step_samples_per_s"] > 0
     assert figures["ratio"] > 0 and figures["joiner_startup_s"] > 0
     # timed from the joiner's first records: faster than from the joiner's start
     assert figures["pipeline_events_per_s"] > figures["events_per_s_with_startup"] > 0
+    # where the CPU goes: the worker per click, the joiner per record, the broker per event
+    assert figures["worker_cpu_us_per_click"] > 0 and figures["joiner_cpu_us_per_record"] > 0
+    assert 0 < figures["cores_busy"] <= figures["cores"] + 0.5  # sampling rounds up a little
+    if _local_broker_pid(kafka_settings) is not None:  # the project's broker: its CPU is read
+        assert 0 < figures["broker_cpu_us_per_event"] < figures["cpu_us_per_event"]
+    else:  # another broker's CPU is not this machine's to read
+        assert figures["broker_cpu_us_per_event"] is None and figures["cpu_us_per_event"] is None
 
 
 def test_bench_freshness_reports_probe_latencies(kafka_settings, capsys):

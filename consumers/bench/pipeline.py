@@ -27,18 +27,30 @@ scratch topics (not timed), then measures, side by side on the same machine load
   encoded once, each batch's users once; the catalog's encoding is not timed).
 
 ``ratio`` = ``pipeline_clicks_per_s / bare_step_samples_per_s``: the share of
-the model's own training speed that survives the stream around it. Figures
-are medians over ``--runs`` runs.
+the model's own training speed that survives the stream around it.
+
+**Where the CPU goes** (the pipeline's processes share the machine's ``cores``):
+``worker_cpu_us_per_click`` (the worker's process over the pipeline's time, per
+click trained), ``joiner_cpu_us_per_record`` (the joiner's process, all its
+threads, while active, per input record), ``broker_cpu_us_per_event`` (the
+project's local broker over the pipeline's time, per event; None on any other
+broker), ``cpu_us_per_event`` (the three together) and ``cores_busy`` (their
+CPU seconds per second of the pipeline). ``cores * 1e6 / cpu_us_per_event`` is
+the most events/s these processes could pass on this machine at that cost.
+
+Figures are medians over ``--runs`` runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from recallstream.consumers.usage import CommandError, positive_int
@@ -67,8 +79,9 @@ def run(args, settings) -> dict[str, Any]:
     settings = dataclasses.replace(settings, metrics_port=0)
     pipeline, bare = [], []
     with running_broker(settings) as settings:
+        broker_pid = _local_broker_pid(settings)
         for _ in range(args.runs):  # interleaved, so both see the same load
-            pipeline.append(_pipeline_run(settings, plan, args.backend))
+            pipeline.append(_pipeline_run(settings, plan, args.backend, broker_pid))
             bare.append(_bare_step_rate(settings, dataset, plan))
     events = plan.num_clicks + plan.num_exposures
     seconds = statistics.median(run["seconds"] for run in pipeline)
@@ -85,13 +98,14 @@ def run(args, settings) -> dict[str, Any]:
             "joiner_us_per_record": statistics.median(run["joiner_us_per_record"]
                                                       for run in pipeline),
             "bare_step_samples_per_s": round(samples), "ratio": round(clicks / samples, 3),
+            **_cpu_figures(pipeline, events),
             "batch_size": settings.batch_size, "clicks": plan.num_clicks, "events": events,
             "exposures_per_click": args.exposures_per_click, "backend": args.backend,
             "runs": args.runs,
             "torch_threads": torch.get_num_threads()}
 
 
-def _pipeline_run(settings, plan, backend: str) -> dict[str, float]:
+def _pipeline_run(settings, plan, backend: str, broker_pid: int | None) -> dict[str, float]:
     from recallstream.consumers.replay import publish
     from recallstream.consumers.worker import Worker, WorkerOptions
     from recallstream.streaming.kafka_io import scratch_topics
@@ -110,7 +124,10 @@ def _pipeline_run(settings, plan, backend: str) -> dict[str, float]:
                 time.sleep(0.01)
             started = time.monotonic()
             upstream.start(topics)
-            thread.join()
+            cpu = _CpuTrace(broker_pid)
+            while thread.is_alive():
+                cpu.sample()
+                thread.join(0.05)
         finally:
             worker.stop.set()
             thread.join()
@@ -119,11 +136,90 @@ def _pipeline_run(settings, plan, backend: str) -> dict[str, float]:
         raise CommandError(f"{plan.num_clicks} clicks replayed, {worker.counters['clicks_trained']} "
                            f"trained; joiner report: {joined}")
     first_record = joined["first_record_at"]  # the joiner's monotonic clock: this machine's
-    return {"seconds": worker.timing["last_batch"] - first_record,
+    last_batch = worker.timing["last_batch"]
+    broker_cpu = cpu.broker_between(first_record, last_batch)
+    return {"seconds": last_batch - first_record,
             "startup_s": first_record - started,
             "clicks_trained": worker.counters["clicks_trained"],
             "joiner_records_per_s": joined["records"] / joined["active_s"],
-            "joiner_us_per_record": joined["us_per_record"]}
+            "joiner_us_per_record": joined["us_per_record"],
+            "joiner_records": joined["records"],
+            "worker_cpu_s": cpu.worker_between(first_record, last_batch),
+            "joiner_cpu_s": joined["active_cpu_s"],
+            "broker_cpu_s": broker_cpu}
+
+
+class _CpuTrace:
+    """CPU seconds of this process (the worker's threads; the main thread only waits) and
+    of the broker's, sampled with the monotonic clock so that a window can be cut out
+    after the run (the joiner tells its first record's time only when it ends)."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+        self.samples: list[tuple[float, float, float | None]] = []
+        self.sample()
+
+    def sample(self) -> None:
+        self.samples.append((time.monotonic(), time.process_time(), _process_cpu_s(self.broker_pid)))
+
+    def worker_between(self, start: float, end: float) -> float:
+        return self._at(end, 1) - self._at(start, 1)
+
+    def broker_between(self, start: float, end: float) -> float | None:
+        first, last = self._at(start, 2), self._at(end, 2)
+        return None if first is None or last is None else last - first
+
+    def _at(self, when: float, column: int):
+        # the first sample at or after `when` (samples are 50 ms apart)
+        return next((row[column] for row in self.samples if row[0] >= when), self.samples[-1][column])
+
+
+def _process_cpu_s(pid: int | None) -> float | None:
+    """User plus system CPU seconds of a running process (None: no pid, or it ended)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _local_broker_pid(settings) -> int | None:
+    """The pid of the project's local broker when the benchmark runs on it (its CPU is
+    then measured); None for any other broker."""
+    from recallstream.consumers.local_kafka import LocalBroker
+
+    broker = LocalBroker(Path(settings.broker_data_dir).expanduser().resolve(),
+                         settings.broker_port, jars_dir=Path())
+    if broker.bootstrap_servers != settings.bootstrap_servers:
+        return None
+    return broker.running_pid()
+
+
+def _cpu_figures(pipeline: list[dict], events: int) -> dict[str, Any]:
+    """Where the machine's CPU goes, medians over the runs: the worker's per click trained,
+    the joiner's (all its threads, while active) per input record, the local broker's per
+    event (None on another broker), the three together per event, and the cores they kept
+    busy during the pipeline's time (this machine has ``cores``)."""
+    def median(values):
+        return statistics.median(values) if values else None
+
+    broker_measured = all(run["broker_cpu_s"] is not None for run in pipeline)
+    total = [run["worker_cpu_s"] + run["joiner_cpu_s"] + (run["broker_cpu_s"] or 0.0)
+             for run in pipeline]
+    rounded = lambda value, digits=1: None if value is None else round(value, digits)  # noqa: E731
+    return {
+        "worker_cpu_us_per_click": rounded(median(
+            [1e6 * run["worker_cpu_s"] / run["clicks_trained"] for run in pipeline])),
+        "joiner_cpu_us_per_record": rounded(median(
+            [1e6 * run["joiner_cpu_s"] / run["joiner_records"] for run in pipeline])),
+        "broker_cpu_us_per_event": rounded(median(
+            [1e6 * run["broker_cpu_s"] / events for run in pipeline] if broker_measured else [])),
+        "cpu_us_per_event": rounded(median([1e6 * cpu / events for cpu in total]))
+        if broker_measured else None,
+        "cores_busy": rounded(median([cpu / run["seconds"] for cpu, run in zip(total, pipeline)]), 2),
+        "cores": os.cpu_count()}
 
 
 class _JoinerStartedLater:
