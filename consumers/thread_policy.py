@@ -8,15 +8,21 @@ import threading
 
 
 def set_training_threads() -> int:
-    """Leave one core to the ingestion thread: torch gets the others (at least one).
+    """Leave one core to the ingestion thread: torch gets the others (at least one), and
+    numpy's BLAS (the prequential scores' products) one thread; the torch threads' number.
 
     Two torch threads next to a busy Python thread on two cores slow each other
-    down, because torch's workers spin while they wait for the core.
+    down, because torch's workers spin while they wait for the core. OpenBLAS's
+    workers spin after every product too: in the worker, numpy's one extra BLAS
+    thread burned about as much CPU as the training thread itself (measured with
+    ``bench pipeline``), taken from the reading, the joiner and the broker.
     """
     import torch
+    from threadpoolctl import threadpool_limits
 
     threads = max(1, (os.cpu_count() or 2) - 1)
     torch.set_num_threads(threads)
+    threadpool_limits(limits=1, user_api="blas")
     return threads
 
 
