@@ -110,8 +110,9 @@ class StreamTrainer:
     last_loss : float
         Loss of the latest step (nan before the first).
     timing : dict
-        Wall-clock marks for benchmarks: ``last_batch`` (monotonic time of the
-        latest step) and ``records`` (raw records consumed).
+        Wall-clock marks for benchmarks: ``first_batch`` (monotonic time the first
+        batch of this run began), ``last_batch`` (of the latest step) and
+        ``records`` (raw records consumed).
     """
 
     def __init__(self, learner, tables: EntityTables, monitor: PrequentialMonitor,
@@ -128,7 +129,7 @@ class StreamTrainer:
         self.last_loss = float("nan")
         self.newest_click_ts: float | None = None  # event time of the newest click trained
         self.loss_trace = LossTrace()
-        self.timing = {"last_batch": None, "records": 0}
+        self.timing = {"first_batch": None, "last_batch": None, "records": 0}
         self.watch = TrainingWatch(monitor.k, health_every)
         self.catalog = EncodedCatalog()
         publisher.sync.on_write = self.watch.written
@@ -179,6 +180,8 @@ class StreamTrainer:
 
     def train(self, batch: list[tuple[str, str, float]]) -> None:
         """Score, train on and publish one minibatch of (user id, item id, event time)."""
+        if self.timing["first_batch"] is None:
+            self.timing["first_batch"] = time.monotonic()
         user_ids = [click[0] for click in batch]
         item_ids = [click[1] for click in batch]
         learner, users, items = self.learner, self.tables.users, self.tables.items

@@ -109,8 +109,8 @@ class Worker:
 
     @property
     def timing(self) -> dict[str, Any]:
-        """Wall-clock marks of this run (benchmarks): ``loop_started``, ``last_batch``
-        (monotonic seconds) and the ``records`` consumed in between."""
+        """Wall-clock marks of this run (benchmarks): ``loop_started``, ``first_batch``,
+        ``last_batch`` (monotonic seconds) and the ``records`` consumed."""
         return {"loop_started": self._loop_started, **(self.trainer.timing if self.trainer else {})}
 
     def run(self) -> dict[str, Any]:

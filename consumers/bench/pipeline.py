@@ -17,7 +17,11 @@ scratch topics (not timed), then measures, side by side on the same machine load
   process's imports, joining its group, restoring its lanes), and
   ``events_per_s_with_startup`` the rate timed from the joiner's start.
   ``pipeline_events_per_s`` counts the exposures and clicks produced;
-  ``pipeline_clicks_per_s`` the clicks trained; ``joiner_records_per_s`` the
+  ``pipeline_clicks_per_s`` the clicks trained; ``worker_clicks_per_s`` the worker's
+  own rate, from its first batch to its last (the pipeline's time also holds the
+  wait for the first examples: on a backlog, the joiner's first polls are mostly
+  exposures, and a partition's clicks may come only at the end);
+  ``joiner_records_per_s`` the
   joiner's input records over its active time (first poll with records to last
   commit) and ``joiner_us_per_record`` its own Python work per input record
   (decode, join, encode).
@@ -93,6 +97,8 @@ def run(args, settings) -> dict[str, Any]:
             "joiner_startup_s": round(startup, 2),
             "events_per_s_with_startup": round(statistics.median(
                 events / (run["seconds"] + run["startup_s"]) for run in pipeline)),
+            "worker_clicks_per_s": round(statistics.median(
+                run["clicks_trained"] / run["worker_seconds"] for run in pipeline)),
             "joiner_records_per_s": round(statistics.median(run["joiner_records_per_s"]
                                                             for run in pipeline)),
             "joiner_us_per_record": statistics.median(run["joiner_us_per_record"]
@@ -141,6 +147,7 @@ def _pipeline_run(settings, plan, backend: str, broker_pid: int | None) -> dict[
     return {"seconds": last_batch - first_record,
             "startup_s": first_record - started,
             "clicks_trained": worker.counters["clicks_trained"],
+            "worker_seconds": last_batch - worker.timing["first_batch"],
             "joiner_records_per_s": joined["records"] / joined["active_s"],
             "joiner_us_per_record": joined["us_per_record"],
             "joiner_records": joined["records"],
