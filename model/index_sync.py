@@ -110,7 +110,8 @@ class IndexSync:
     initial_backoff_s, max_backoff_s : float
         Pause after a failed write, doubled per consecutive failure up to the maximum.
     min_interval_s : float, default 0
-        Least time between the starts of two writes. Vectors queued meanwhile
+        Least time between the starts of two rounds of writes (a round writes the
+        pending items, then the pending users). Vectors queued meanwhile
         coalesce, so a hot item is written once per interval instead of once per
         batch: embedded Qdrant spends Python time per point, which the trainer
         feels through the GIL. :meth:`drain` does not wait for the interval.
@@ -240,17 +241,25 @@ class IndexSync:
 
     def _run(self) -> None:
         backoff = self.initial_backoff_s
-        last_write = float("-inf")
+        last_round = float("-inf")
+        owed: list[str] = []  # kinds still to write in this round
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._closed or self._draining or
-                                    time.monotonic() - last_write >= self.min_interval_s,
-                                    timeout=max(0.0, last_write + self.min_interval_s - time.monotonic()))
-                self._lock.wait_for(lambda: self._closed or any(self._pending.values()))
-                last_write = time.monotonic()
-                if not any(self._pending.values()):
-                    return  # closed and nothing left
-                kind, work = self._take()
+                if not owed:  # a new round: at most one per min_interval_s
+                    self._lock.wait_for(lambda: self._closed or self._draining or
+                                        time.monotonic() - last_round >= self.min_interval_s,
+                                        timeout=max(0.0, last_round + self.min_interval_s - time.monotonic()))
+                    self._lock.wait_for(lambda: self._closed or any(self._pending.values()))
+                    last_round = time.monotonic()
+                    if not any(self._pending.values()):
+                        return  # closed and nothing left
+                    # every kind with pending vectors, items first: users written only when
+                    # no item was pending would wait for a drain while clicks keep coming
+                    owed = [kind for kind in ("item", "user") if self._pending[kind]]
+                kind = owed.pop(0)
+                if not self._pending[kind]:
+                    continue
+                work = self._take(kind)
                 self._busy = True
             started = time.monotonic()
             try:
@@ -340,13 +349,9 @@ class IndexSync:
             self._busy = False
             self._lock.notify_all()
 
-    def _take(self) -> tuple[str, list]:
-        kind = "item" if self._pending["item"] else "user"
+    def _take(self, kind: str) -> list:
         pending = self._pending[kind]
-        work = []
-        for item_id in list(pending)[:self.max_points_per_write]:
-            work.append((item_id, pending.pop(item_id)))
-        return kind, work
+        return [(item_id, pending.pop(item_id)) for item_id in list(pending)[:self.max_points_per_write]]
 
     def _write(self, kind: str, work: list) -> None:
         # One pending entry per id (coalesced), so deletes and upserts never race on an id.
