@@ -1,10 +1,13 @@
-"""How the worker process uses its cores and answers signals."""
+"""How the worker process uses its cores and memory, and answers signals."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import threading
+from collections.abc import Iterator
 
 
 def set_training_threads() -> int:
@@ -24,6 +27,33 @@ def set_training_threads() -> int:
     torch.set_num_threads(threads)
     threadpool_limits(limits=1, user_api="blas")
     return threads
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[int]:
+    """Keep the objects alive on entry out of the cyclic garbage collector's walks until
+    exit; yields how many were frozen.
+
+    A worker's start-up leaves hundreds of thousands of long-lived objects (torch's and
+    qdrant-client's modules, the model, the feature tables). Each full collection walked
+    them all: about 0.3 s with the GIL held, a pause of training, reading and Qdrant
+    writes alike, every few thousand clicks. Frozen objects are still freed when no
+    longer referenced; only a reference cycle among them waits for the exit.
+
+    Examples
+    --------
+    >>> with frozen_heap() as frozen:
+    ...     print(frozen > 0, gc.get_freeze_count() > 0)
+    True True
+    >>> gc.get_freeze_count()
+    0
+    """
+    gc.collect()  # start-up's garbage goes first
+    gc.freeze()
+    try:
+        yield gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
 
 
 def stop_on_signals(stop: threading.Event) -> None:

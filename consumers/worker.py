@@ -43,7 +43,7 @@ from typing import Any
 
 from recallstream.consumers import metrics
 from recallstream.consumers.progress import print_progress
-from recallstream.consumers.thread_policy import set_training_threads
+from recallstream.consumers.thread_policy import frozen_heap, set_training_threads
 from recallstream.streaming.settings import Settings
 
 log = logging.getLogger("recallstream.worker")
@@ -125,9 +125,10 @@ class Worker:
             self._open()
             self._attach_recaller()
             try:
-                self._loop()
-                self._observe_ingest()  # the final lag and counts, whenever the last tick was
-                self._checkpoint(final=True)
+                with frozen_heap():
+                    self._loop()
+                    self._observe_ingest()  # the final lag and counts, whenever the last tick was
+                    self._checkpoint(final=True)
             finally:
                 self._close()
         finally:

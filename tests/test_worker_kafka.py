@@ -110,6 +110,28 @@ def test_worker_trains_every_click_once_and_fills_qdrant(stream, tmp_path):
     assert again["clicks_trained"] == CLICKS and again["batches"] == CLICKS // BATCH
 
 
+def test_the_worker_loop_runs_with_its_start_up_heap_out_of_the_collectors_walks(stream, tmp_path):
+    import gc
+
+    class FreezeProbe:  # the worker's upstream hook, asked on every turn of its loop
+        def __init__(self):
+            self.frozen = []
+
+        def check(self):
+            self.frozen.append(gc.get_freeze_count())
+
+        def finished(self):
+            return True
+
+    probe = FreezeProbe()
+    report = Worker(with_checkpoints(stream, tmp_path / "ckpt"), WorkerOptions(exit_when_idle_s=1.0),
+                    index=VectorIndex.connect(":memory:"), upstream=probe).run()
+    assert report["clicks_trained"] == CLICKS
+    # hundreds of thousands of objects (torch, qdrant-client, the model) frozen all along
+    assert probe.frozen and min(probe.frozen) > 10_000, probe.frozen[:5]
+    assert gc.get_freeze_count() == 0  # unfrozen when the worker stops
+
+
 def test_a_restart_on_the_default_edge_index_serves_recall_without_re_embedding(stream, tmp_path):
     import threading
 
