@@ -256,9 +256,7 @@ class IndexSync:
                     # every kind with pending vectors, items first: users written only when
                     # no item was pending would wait for a drain while clicks keep coming
                     owed = [kind for kind in ("item", "user") if self._pending[kind]]
-                kind = owed.pop(0)
-                if not self._pending[kind]:
-                    continue
+                kind = owed.pop(0)  # still pending: only this thread takes from the queue
                 work = self._take(kind)
                 self._busy = True
             started = time.monotonic()

@@ -209,23 +209,21 @@ def _cpu_figures(pipeline: list[dict], events: int) -> dict[str, Any]:
     the joiner's (all its threads, while active) per input record, the local broker's per
     event (None on another broker), the three together per event, and the cores they kept
     busy during the pipeline's time (this machine has ``cores``)."""
-    def median(values):
-        return statistics.median(values) if values else None
+    def figure(values: list[float], digits: int = 1) -> float | None:
+        return round(statistics.median(values), digits) if values else None
 
     broker_measured = all(run["broker_cpu_s"] is not None for run in pipeline)
     total = [run["worker_cpu_s"] + run["joiner_cpu_s"] + (run["broker_cpu_s"] or 0.0)
              for run in pipeline]
-    rounded = lambda value, digits=1: None if value is None else round(value, digits)  # noqa: E731
     return {
-        "worker_cpu_us_per_click": rounded(median(
-            [1e6 * run["worker_cpu_s"] / run["clicks_trained"] for run in pipeline])),
-        "joiner_cpu_us_per_record": rounded(median(
-            [1e6 * run["joiner_cpu_s"] / run["joiner_records"] for run in pipeline])),
-        "broker_cpu_us_per_event": rounded(median(
-            [1e6 * run["broker_cpu_s"] / events for run in pipeline] if broker_measured else [])),
-        "cpu_us_per_event": rounded(median([1e6 * cpu / events for cpu in total]))
-        if broker_measured else None,
-        "cores_busy": rounded(median([cpu / run["seconds"] for cpu, run in zip(total, pipeline)]), 2),
+        "worker_cpu_us_per_click": figure(
+            [1e6 * run["worker_cpu_s"] / run["clicks_trained"] for run in pipeline]),
+        "joiner_cpu_us_per_record": figure(
+            [1e6 * run["joiner_cpu_s"] / run["joiner_records"] for run in pipeline]),
+        "broker_cpu_us_per_event": figure(
+            [1e6 * run["broker_cpu_s"] / events for run in pipeline] if broker_measured else []),
+        "cpu_us_per_event": figure([1e6 * cpu / events for cpu in total] if broker_measured else []),
+        "cores_busy": figure([cpu / run["seconds"] for cpu, run in zip(total, pipeline)], 2),
         "cores": os.cpu_count()}
 
 
