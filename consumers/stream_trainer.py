@@ -52,7 +52,7 @@ from recallstream.model.catalog_vectors import BatchVectors, EncodedCatalog
 from recallstream.model.prequential import PrequentialMonitor
 from recallstream.streaming.entity_tables import EntityTables
 from recallstream.streaming.minibatch import Minibatcher
-from recallstream.streaming.record_router import Ingested
+from recallstream.streaming.record_router import Ingested, IngestedClicks, TrainingClick
 
 
 class LossTrace:
@@ -135,28 +135,29 @@ class StreamTrainer:
         publisher.sync.on_write = self.watch.written
         publisher.sync.on_reject = metrics.observe_qdrant_rejected
 
-    def consume(self, ingested: Ingested) -> None:
+    def consume(self, ingested: Ingested | IngestedClicks) -> None:
         """Apply one poll's result: catalog changes first, then its clicks (in order)."""
         self.timing["records"] += ingested.records
         if ingested.entities:
             changes = self.tables.apply(ingested.entities)
             self.publisher.catalog_changed(changes, self.counters["batches"])
-        if ingested.replayed:
-            self.catch_up(ingested.replayed)
-        self.watch.received([p.click.item_id for p in ingested.positives])
-        for batch in self.batcher.add_many(
-                (p.click.user_id, p.click.item_id, p.click.ts) for p in ingested.positives):
+        replayed = ingested.replayed_clicks()
+        if replayed:
+            self.catch_up(replayed)
+        clicks = ingested.clicks()
+        self.watch.received([item_id for _, item_id, _ in clicks])
+        for batch in self.batcher.add_many(clicks):
             self.train(batch)
 
-    def catch_up(self, replayed) -> None:
+    def catch_up(self, replayed: list[TrainingClick]) -> None:
         """Train the model on clicks read again after a reset to a snapshot (their
         popularity, histories, scores and counts were taken when first read): steps of
         the minibatch size, on top of the snapshot's weights."""
         size, learner = self.batcher.size, self.learner
         for start in range(0, len(replayed), size):
             chunk = replayed[start:start + size]
-            user_ids = [p.click.user_id for p in chunk]
-            item_ids = [p.click.item_id for p in chunk]
+            user_ids = [user_id for user_id, _, _ in chunk]
+            item_ids = [item_id for _, item_id, _ in chunk]
             self.last_loss = learner.step(learner.make_batch(
                 user_ids, item_ids, learner.prefix_histories(user_ids, item_ids),
                 self.tables.users, self.tables.items,

@@ -74,6 +74,52 @@ class Ingested:
         self.records += other.records
         self.replayed += other.replayed
 
+    def clicks(self) -> list[TrainingClick]:
+        """The positives as the trainer reads them: (user id, item id, event time)."""
+        return _clicks(self.positives)
+
+    def replayed_clicks(self) -> list[TrainingClick]:
+        """The replayed positives, as :meth:`clicks`."""
+        return _clicks(self.replayed)
+
+    def compact(self) -> "IngestedClicks":
+        """What the trainer reads of this result, in a form that pickles small (for a
+        reading process: :mod:`recallstream.streaming.ingest_process`)."""
+        return IngestedClicks(self.clicks(), self.entities, self.records, self.replayed_clicks())
+
+
+# (user id, item id, event time): all the trainer takes from an example
+TrainingClick = tuple[str, str, float]
+
+
+def _clicks(positives: list[Positive]) -> list[TrainingClick]:
+    return [(p.click.user_id, p.click.item_id, p.click.ts) for p in positives]
+
+
+@dataclass(slots=True)
+class IngestedClicks:
+    """:meth:`Ingested.compact`: an :class:`Ingested` reduced to what the trainer reads,
+    with the same :meth:`clicks`, :meth:`replayed_clicks`, ``entities`` and ``records``.
+
+    Examples
+    --------
+    >>> from recallstream.streaming.events import Click as ClickEvent
+    >>> positive = Positive(ClickEvent("c1", 5.0, "u1", "i1", "m1"), None)
+    >>> Ingested(positives=[positive], records=2).compact().clicks()
+    [('u1', 'i1', 5.0)]
+    """
+
+    click_rows: list[TrainingClick]
+    entities: list[EntityRecord | Tombstone]
+    records: int
+    replayed_rows: list[TrainingClick]
+
+    def clicks(self) -> list[TrainingClick]:
+        return self.click_rows
+
+    def replayed_clicks(self) -> list[TrainingClick]:
+        return self.replayed_rows
+
 
 @dataclass(slots=True)
 class Routed:
