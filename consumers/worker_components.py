@@ -43,10 +43,12 @@ def open_components(settings: Settings, index, recall_k: int, rolling_clicks: in
     from recallstream.streaming.alignment import RecordAligner
     from recallstream.streaming.entity_tables import EntityTables
     from recallstream.streaming.ingest import StreamIngestor
+    from recallstream.streaming.ingest_process import IngestorProcess
     from recallstream.streaming.minibatch import Minibatcher
 
     s = settings
-    ingestor = StreamIngestor(s, aligner=RecordAligner(s.align_window_ms))
+    ingestor = (IngestorProcess(s) if s.reader_process
+                else StreamIngestor(s, aligner=RecordAligner(s.align_window_ms)))
     learner = OnlineLearner(seed=s.seed)
     tables = EntityTables()
     index = index or VectorIndex.connect(s.qdrant_location(), s.qdrant_api_key or None)

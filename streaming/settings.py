@@ -103,6 +103,9 @@ class Settings:
                "it the worker exits with status 5 (a supervisor restarts it)")
     align_window_ms: int = _setting(
         100, "record-timestamp window that orders records across partitions deterministically")
+    reader_process: int = _setting(
+        1, "1: the worker reads Kafka in a child process, off the training's GIL; 0: in a "
+           "thread of the worker's process")
     metrics_port: int = _setting(8000, "port of the worker's /metrics and /recall endpoint (0: off)")
     joiner_metrics_port: int = _setting(
         0, "port of the joiner's /metrics (0: off; docker-compose uses 8001)")

@@ -118,9 +118,12 @@ def test_a_worker_step_slower_than_max_poll_interval_trains_every_example_once(
 
     monkeypatch.setattr(kafka_source, "make_consumer", short_poll_interval)
     monkeypatch.setattr(stream_trainer.StreamTrainer, "train", slow_train)
+    # reading in the worker's own process (reader_process=0), where the patched consumer is
+    # made; a reading process runs the same consumer, which no patch here reaches
     tuned = dataclasses.replace(kafka_settings, batch_size=BATCH, batch_timeout_s=0.3,
                                 checkpoint_every_batches=2, checkpoint_every_s=1e6,
-                                metrics_port=0, checkpoint_dir=str(tmp_path / "ckpt"))
+                                metrics_port=0, checkpoint_dir=str(tmp_path / "ckpt"),
+                                reader_process=0)
     with replayed_and_joined(tuned, "slow", CLICKS) as settings:
         index = VectorIndex.connect(":memory:")
         report = Worker(settings, WorkerOptions(exit_when_idle_s=3.0), index=index).run()

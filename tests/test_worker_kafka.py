@@ -227,6 +227,25 @@ def test_sigkilled_worker_resumes_to_the_same_model_as_an_uninterrupted_run(stre
         assert torch.equal(calm_state[name], crashed_state[name]), name
 
 
+def test_reading_in_a_thread_or_in_a_child_process_trains_the_same_model(stream, tmp_path):
+    # the default reads in a child process (off the training's GIL); reader_process=0 in a
+    # thread of the worker's own: the same records in the same order, the same model
+    workers = {}
+    for mode in (0, 1):
+        settings = dataclasses.replace(with_checkpoints(stream, tmp_path / f"reader{mode}"),
+                                       reader_process=mode)
+        workers[mode] = Worker(settings, WorkerOptions(exit_when_idle_s=2.0),
+                               index=VectorIndex.connect(":memory:"))
+        report = workers[mode].run()
+        assert (report["clicks_trained"], report["dead_lettered"]) == (CLICKS, len(POISON))
+    assert not hasattr(workers[0].ingestor, "pid") and workers[1].ingestor.pid > 0
+    in_thread = learner_tensors(workers[0].settings)
+    in_child = learner_tensors(workers[1].settings)
+    assert in_thread.keys() == in_child.keys() and in_thread
+    for name in in_thread:
+        assert torch.equal(in_thread[name], in_child[name]), name
+
+
 def owned_by(lock_file, pid: int) -> bool:
     try:
         return lock_file.read_text().strip() == str(pid)
