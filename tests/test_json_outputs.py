@@ -112,6 +112,7 @@ def test_bench_pipeline_reports_pipeline_and_bare_step_rates(kafka_settings, cap
     assert figures["pipeline_events_per_s"] > figures["events_per_s_with_startup"] > 0
     # the worker's own time (first batch to last) lies within the pipeline's
     assert figures["worker_clicks_per_s"] >= figures["pipeline_clicks_per_s"]
+    assert figures["backlog_clicks_per_s"] > 0  # a second worker, on the joined backlog
     # where the CPU goes: the worker per click, the joiner per record, the broker per event
     assert figures["worker_cpu_us_per_click"] > 0 and figures["joiner_cpu_us_per_record"] > 0
     assert 0 < figures["cores_busy"] <= figures["cores"] + 0.5  # sampling rounds up a little

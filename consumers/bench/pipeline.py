@@ -21,6 +21,9 @@ scratch topics (not timed), then measures, side by side on the same machine load
   own rate, from its first batch to its last (the pipeline's time also holds the
   wait for the first examples: on a backlog, the joiner's first polls are mostly
   exposures, and a partition's clicks may come only at the end);
+  ``backlog_clicks_per_s`` the rate of a second fresh worker, started after the first
+  on the examples the joiner wrote, the joiner gone (a restart's or a reset's
+  catch-up: the trainer alone, without the joiner beside it on the machine);
   ``joiner_records_per_s`` the
   joiner's input records over its active time (first poll with records to last
   commit) and ``joiner_us_per_record`` its own Python work per input record
@@ -34,8 +37,8 @@ scratch topics (not timed), then measures, side by side on the same machine load
 the model's own training speed that survives the stream around it.
 
 **Where the CPU goes** (the pipeline's processes share the machine's ``cores``):
-``worker_cpu_us_per_click`` (the worker's process over the pipeline's time, per
-click trained), ``joiner_cpu_us_per_record`` (the joiner's process, all its
+``worker_cpu_us_per_click`` (the worker's process and its reading process over the
+pipeline's time, per click trained), ``joiner_cpu_us_per_record`` (the joiner's process, all its
 threads, while active, per input record), ``broker_cpu_us_per_event`` (the
 project's local broker over the pipeline's time, per event; None on any other
 broker), ``cpu_us_per_event`` (the three together) and ``cores_busy`` (their
@@ -99,6 +102,8 @@ def run(args, settings) -> dict[str, Any]:
                 events / (run["seconds"] + run["startup_s"]) for run in pipeline)),
             "worker_clicks_per_s": round(statistics.median(
                 run["clicks_trained"] / run["worker_seconds"] for run in pipeline)),
+            "backlog_clicks_per_s": round(statistics.median(
+                run["backlog_clicks_per_s"] for run in pipeline)),
             "joiner_records_per_s": round(statistics.median(run["joiner_records_per_s"]
                                                             for run in pipeline)),
             "joiner_us_per_record": statistics.median(run["joiner_us_per_record"]
@@ -130,7 +135,7 @@ def _pipeline_run(settings, plan, backend: str, broker_pid: int | None) -> dict[
                 time.sleep(0.01)
             started = time.monotonic()
             upstream.start(topics)
-            cpu = _CpuTrace(broker_pid)
+            cpu = _CpuTrace(broker_pid, reader_pid=getattr(worker.ingestor, "pid", None))
             while thread.is_alive():
                 cpu.sample()
                 thread.join(0.05)
@@ -138,9 +143,8 @@ def _pipeline_run(settings, plan, backend: str, broker_pid: int | None) -> dict[
             worker.stop.set()
             thread.join()
             joined = upstream.stop()
-    if worker.counters["clicks_trained"] != plan.num_clicks or not joined:
-        raise CommandError(f"{plan.num_clicks} clicks replayed, {worker.counters['clicks_trained']} "
-                           f"trained; joiner report: {joined}")
+        _check_trained(worker, plan, joined)
+        backlog = _backlog_run(topics, index, plan)
     first_record = joined["first_record_at"]  # the joiner's monotonic clock: this machine's
     last_batch = worker.timing["last_batch"]
     broker_cpu = cpu.broker_between(first_record, last_batch)
@@ -153,21 +157,45 @@ def _pipeline_run(settings, plan, backend: str, broker_pid: int | None) -> dict[
             "joiner_records": joined["records"],
             "worker_cpu_s": cpu.worker_between(first_record, last_batch),
             "joiner_cpu_s": joined["active_cpu_s"],
-            "broker_cpu_s": broker_cpu}
+            "broker_cpu_s": broker_cpu,
+            "backlog_clicks_per_s": backlog}
+
+
+def _check_trained(worker, plan, joined) -> None:
+    if worker.counters["clicks_trained"] != plan.num_clicks or not joined:
+        raise CommandError(f"{plan.num_clicks} clicks replayed, {worker.counters['clicks_trained']} "
+                           f"trained; joiner report: {joined}")
+
+
+def _backlog_run(topics, index: str, plan) -> float:
+    """A second fresh worker on the examples the joiner wrote, the joiner gone (a restart's
+    or a reset's catch-up): its clicks per second, first batch to last."""
+    from recallstream.consumers.worker import Worker, WorkerOptions
+
+    with tempfile.TemporaryDirectory(prefix="bench-backlog-ckpt-") as folder:
+        worker = Worker(dataclasses.replace(topics, checkpoint_dir=folder, qdrant=index),
+                        WorkerOptions(exit_when_idle_s=1.0))
+        worker.run()
+    _check_trained(worker, plan, joined=True)
+    return worker.counters["clicks_trained"] / (worker.timing["last_batch"]
+                                                - worker.timing["first_batch"])
 
 
 class _CpuTrace:
-    """CPU seconds of this process (the worker's threads; the main thread only waits) and
-    of the broker's, sampled with the monotonic clock so that a window can be cut out
-    after the run (the joiner tells its first record's time only when it ends)."""
+    """CPU seconds of the worker (this process: the main thread only waits; plus its
+    reading process, if it has one) and of the broker, sampled with the monotonic clock
+    so that a window can be cut out after the run (the joiner tells its first record's
+    time only when it ends)."""
 
-    def __init__(self, broker_pid: int | None) -> None:
+    def __init__(self, broker_pid: int | None, reader_pid: int | None) -> None:
         self.broker_pid = broker_pid
+        self.reader_pid = reader_pid
         self.samples: list[tuple[float, float, float | None]] = []
         self.sample()
 
     def sample(self) -> None:
-        self.samples.append((time.monotonic(), time.process_time(), _process_cpu_s(self.broker_pid)))
+        worker = time.process_time() + (_process_cpu_s(self.reader_pid) or 0.0)
+        self.samples.append((time.monotonic(), worker, _process_cpu_s(self.broker_pid)))
 
     def worker_between(self, start: float, end: float) -> float:
         return self._at(end, 1) - self._at(start, 1)
