@@ -27,7 +27,8 @@ class ModelOwned(CommandError):
 
 
 class IngestionStalled(CommandError):
-    """A Kafka poll never returned (exit status 4): restart, the checkpoint resumes it."""
+    """Reading stopped, a Kafka poll that never returned or the reading process gone (exit
+    status 4): restart, the checkpoint resumes it."""
 
     status = 4
 

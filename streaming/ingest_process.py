@@ -46,6 +46,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from recallstream.streaming.prefetch import StalledIngestion
 from recallstream.streaming.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 _FORWARDED = ("state_dict", "load_state_dict", "offsets", "seek", "rewind", "commit")
 
 
-class ReaderExited(RuntimeError):
+class ReaderExited(StalledIngestion):
     """The reading process is gone (killed, crashed): restart from the checkpoint."""
 
 

@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 
 class StalledIngestion(RuntimeError):
-    """The polling thread is stuck inside one poll (restart from the checkpoint)."""
+    """Reading stopped: the polling thread is stuck inside one poll, or the reading process
+    is gone (restart from the checkpoint)."""
 
 
 class Prefetcher:
@@ -173,6 +174,8 @@ class Prefetcher:
             self._thread.join()
 
     def _raise_error(self) -> None:
+        if isinstance(self._error, StalledIngestion):  # says what stopped and what to do
+            raise StalledIngestion(str(self._error)) from self._error
         if self._error is not None:
             raise RuntimeError("the ingestion thread failed") from self._error
 

@@ -149,6 +149,16 @@ def test_an_ingestion_error_reaches_the_trainer_after_the_results_before_it(star
     assert isinstance(raised.value.__cause__, ConnectionError)
 
 
+def test_a_stalled_reading_reaches_the_trainer_as_a_stall_not_as_a_failure(start):
+    class GoneReader(CountingIngestor):  # e.g. the reading process killed
+        def poll(self, timeout_s):
+            raise StalledIngestion("the reading process exited (exit code -9) during 'poll'")
+
+    prefetcher = start(GoneReader(), max_queued=8)
+    with pytest.raises(StalledIngestion, match="exit code -9"):  # the worker's exit status 4
+        prefetcher.get(timeout_s=WAIT_S)
+
+
 class HangingIngestor(CountingIngestor):
     """Its third poll does not return until the test releases it."""
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import orjson
 from prometheus_client import REGISTRY
@@ -244,6 +245,40 @@ def test_reading_in_a_thread_or_in_a_child_process_trains_the_same_model(stream,
     assert in_thread.keys() == in_child.keys() and in_thread
     for name in in_thread:
         assert torch.equal(in_thread[name], in_child[name]), name
+
+
+def test_a_killed_reading_process_stops_the_worker_with_status_4_and_a_restart_finishes(
+        stream, tmp_path):
+    settings = with_checkpoints(stream, tmp_path / "ckpt")
+    worker = subprocess.Popen(worker_command(settings), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        reader = _wait_for_child(worker.pid, "recallstream.streaming.ingest_process")
+        time.sleep(4.0)  # training under way, a checkpoint or two behind it
+        os.kill(reader, signal.SIGKILL)
+        _, err = worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert worker.returncode == 4, err.decode()[-2000:]
+    assert b"reading process exited (exit code -9)" in err and b"restart it" in err
+    final = subprocess.run(worker_command(settings), check=True, capture_output=True, timeout=600)
+    # restored from the last checkpoint, then the rest: every click once
+    assert orjson.loads(final.stdout)["clicks_trained"] == CLICKS
+
+
+def _wait_for_child(parent: int, marker: str, timeout_s: float = 60.0) -> int:
+    """The pid of ``parent``'s child process whose command line holds ``marker``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == parent and marker.encode() in (proc / "cmdline").read_bytes():
+                    return int(proc.name)
+            except (OSError, ValueError, IndexError):
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"no child of {parent} runs {marker}")
 
 
 def owned_by(lock_file, pid: int) -> bool:
