@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 
 def set_training_threads() -> int:
-    """Leave one core to the ingestion thread: torch gets the others (at least one), and
-    numpy's BLAS (the prequential scores' products) one thread; the torch threads' number.
+    """Leave one core to the reading (its process, or its thread): torch gets the others
+    (at least one), and numpy's BLAS (the prequential scores' products) one thread; the
+    torch threads' number.
 
     Two torch threads next to a busy Python thread on two cores slow each other
     down, because torch's workers spin while they wait for the core. OpenBLAS's
