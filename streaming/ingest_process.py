@@ -12,8 +12,8 @@ the resets to a snapshot work as with the ingestor itself.
   order, so the child's offsets and router state describe exactly the polls the
   worker has received: exactly-once holds as before.
 - A poll's answer is its :meth:`~recallstream.streaming.record_router.Ingested.compact`
-  form: (user id, item id, event time) tuples, which unpickle in well under 1 µs
-  a click.
+  form: (user id, item id, event time) tuples, about 23 bytes and 0.3 µs of
+  unpickling a click.
 - Every answer carries the ingestor's ``caught_up()``, ``counters()`` and ``lag()``,
   which the worker's threads then read without asking the child (they may ask
   while a poll runs).
@@ -248,7 +248,10 @@ def _portable(error: BaseException) -> BaseException:
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (a SIGKILLed worker
-    leaves no reader behind); elsewhere the end of the pipe stops it."""
+    leaves no reader behind); elsewhere the end of the pipe stops it.
+
+    Linux sends the signal when the *thread* that started the child ends, so the
+    worker starts it from the thread that runs it to the end (``Worker.run``)."""
     try:
         import ctypes
 
