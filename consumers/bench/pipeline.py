@@ -190,11 +190,13 @@ class _CpuTrace:
     def __init__(self, broker_pid: int | None, reader_pid: int | None) -> None:
         self.broker_pid = broker_pid
         self.reader_pid = reader_pid
+        self.reader_cpu_s = 0.0  # the last reading: the reading process ends with the worker
         self.samples: list[tuple[float, float, float | None]] = []
         self.sample()
 
     def sample(self) -> None:
-        worker = time.process_time() + (_process_cpu_s(self.reader_pid) or 0.0)
+        self.reader_cpu_s = _process_cpu_s(self.reader_pid) or self.reader_cpu_s
+        worker = time.process_time() + self.reader_cpu_s
         self.samples.append((time.monotonic(), worker, _process_cpu_s(self.broker_pid)))
 
     def worker_between(self, start: float, end: float) -> float:
