@@ -40,15 +40,13 @@ def open_components(settings: Settings, index, recall_k: int, rolling_clicks: in
     from recallstream.model.online import OnlineLearner
     from recallstream.model.prequential import PrequentialMonitor
     from recallstream.model.vector_index import VectorIndex
-    from recallstream.streaming.alignment import RecordAligner
     from recallstream.streaming.entity_tables import EntityTables
     from recallstream.streaming.ingest import StreamIngestor
     from recallstream.streaming.ingest_process import IngestorProcess
     from recallstream.streaming.minibatch import Minibatcher
 
     s = settings
-    ingestor = (IngestorProcess(s) if s.reader_process
-                else StreamIngestor(s, aligner=RecordAligner(s.align_window_ms)))
+    ingestor = IngestorProcess(s) if s.reader_process else StreamIngestor.aligned(s)
     learner = OnlineLearner(seed=s.seed)
     tables = EntityTables()
     index = index or VectorIndex.connect(s.qdrant_location(), s.qdrant_api_key or None)

@@ -105,6 +105,12 @@ class StreamIngestor:
         if aligner is not None:
             aligner.track(self._source.partitions)
 
+    @classmethod
+    def aligned(cls, settings: Settings) -> "StreamIngestor":
+        """The worker's ingestor: records released in windows of ``settings.align_window_ms``
+        of record time, so that training never depends on how fetches interleave."""
+        return cls(settings, aligner=RecordAligner(settings.align_window_ms))
+
     def poll(self, timeout_s: float = 1.0, max_records: int | None = None) -> Ingested:
         """Fetch and handle the next records (waiting up to ``timeout_s`` for some).
 

@@ -66,8 +66,8 @@ class IngestorProcess:
     Parameters
     ----------
     settings : Settings
-        Broker and topic names, as for the ingestor, and ``align_window_ms``, the window
-        of the child's :class:`~recallstream.streaming.alignment.RecordAligner`.
+        Broker and topic names, and ``align_window_ms``: the child runs
+        ``StreamIngestor.aligned(settings)``.
     start_timeout_s : float
         How long the child may take to import and connect.
 
@@ -93,7 +93,8 @@ class IngestorProcess:
         child_wakes.close()
         try:
             self._calls.send(settings)
-            self._call("ready", timeout_s=start_timeout_s)
+            with self._lock:
+                self._answer("start", timeout_s=start_timeout_s)
         except BaseException:
             self._stop_process()
             raise
@@ -147,19 +148,28 @@ class IngestorProcess:
     def _call(self, name: str, *args, timeout_s: float | None = None):
         with self._lock:
             try:
-                if name != "ready":
-                    self._calls.send((name, args))
-                if timeout_s is not None and not self._calls.poll(timeout_s):
-                    raise TimeoutError(f"the reading process did not answer {name!r} "
-                                       f"within {timeout_s} s")
-                kind, value, status = self._calls.recv()
-            except (EOFError, OSError) as error:
-                raise ReaderExited(f"the reading process exited (exit code "
-                                   f"{self._exit_code(5.0)}) during {name!r}") from error
+                self._calls.send((name, args))
+            except OSError as error:
+                raise self._exited(name) from error
+            return self._answer(name, timeout_s)
+
+    def _answer(self, name: str, timeout_s: float | None):
+        """The child's answer to ``name`` (the lock held): its value, or its error raised."""
+        try:
+            if timeout_s is not None and not self._calls.poll(timeout_s):
+                raise TimeoutError(f"the reading process did not answer {name!r} "
+                                   f"within {timeout_s} s")
+            kind, value, status = self._calls.recv()
+        except (EOFError, OSError) as error:
+            raise self._exited(name) from error
         if kind == "error":
             raise value
         self._status = status
         return value
+
+    def _exited(self, name: str) -> ReaderExited:
+        return ReaderExited(f"the reading process exited (exit code {self._exit_code(5.0)}) "
+                            f"during {name!r}")
 
     def _exit_code(self, timeout_s: float) -> int | None:
         try:
@@ -188,13 +198,12 @@ def _main(calls_fd: str, wakes_fd: str) -> None:
 
 def _serve(settings: Settings, calls: Connection, wakes: Connection) -> None:
     """Build the ingestor, then answer the worker's calls in order."""
-    from recallstream.streaming.alignment import RecordAligner
     from recallstream.streaming.ingest import StreamIngestor
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        ingestor = StreamIngestor(settings, aligner=RecordAligner(settings.align_window_ms))
+        ingestor = StreamIngestor.aligned(settings)
     except BaseException as error:
         calls.send(("error", _portable(error), None))
         return

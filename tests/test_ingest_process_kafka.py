@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from recallstream.streaming.alignment import RecordAligner
 from recallstream.streaming.ingest import StreamIngestor
 from recallstream.streaming.ingest_process import IngestorProcess, ReaderExited
 from test_ingest_kafka import example_records, produce
@@ -40,7 +39,7 @@ def items_record(settings, item_id: str) -> tuple:
 def test_the_child_reads_what_the_ingestor_reads_and_resumes_from_its_state(topic_settings):
     produce(topic_settings, [items_record(topic_settings, "i1"), *example_records(topic_settings, 60),
                              (topic_settings.topic_examples, b"u1", b"{not json")])
-    local = StreamIngestor(topic_settings, aligner=RecordAligner(topic_settings.align_window_ms))
+    local = StreamIngestor.aligned(topic_settings)
     try:
         expected = read_all(local, 60)
         local_state, local_counters, local_lag = local.state_dict(), local.counters(), local.lag()
