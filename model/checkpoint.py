@@ -130,6 +130,32 @@ class CheckpointLocked(CheckpointError):
                          "exactly one worker may train a model")
 
 
+class StagedState:
+    """A checkpoint's state copied at one instant, to be written later or in another
+    thread (:meth:`CheckpointStore.save_staged`) while the live state moves on.
+
+    The copy shares nothing the live state can change: tensors are cloned, numpy
+    arrays become their ``.npy`` bytes, containers are rebuilt. Values that cannot be
+    stored raise ``ValueError`` here, at once, as :meth:`CheckpointStore.save` does.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> live = {"weights": torch.zeros(2), "gap": np.zeros(2), "step": [1]}
+    >>> staged = StagedState(live)
+    >>> live["weights"] += 1; live["gap"] += 1; live["step"].append(2)  # training goes on
+    >>> store = CheckpointStore(tempfile.mkdtemp())
+    >>> store.save_staged(staged).name
+    'ckpt-0000000001'
+    >>> saved = store.load_latest()
+    >>> saved["weights"].tolist(), saved["gap"].tolist(), saved["step"]
+    ([0.0, 0.0], [0.0, 0.0], [1])
+    """
+
+    def __init__(self, state: dict) -> None:
+        self.storable = _storable_state(state, copy=True)
+
+
 class CheckpointStore:
     """Numbered, atomic, checksummed checkpoints in one directory.
 
@@ -187,9 +213,15 @@ class CheckpointStore:
         disk the older checkpoints are removed first (the newest stays) and the write is
         tried once more.
         """
-        if not isinstance(state, dict):
-            raise ValueError(f"state must be a dict, got {type(state).__name__}")
-        prefix, payload = _frame(state)
+        return self._save_storable(_storable_state(state, copy=False))
+
+    def save_staged(self, staged: StagedState) -> Path:
+        """:meth:`save` of a state staged earlier (:class:`StagedState`): it may run in
+        another thread while the live state moves on. One save at a time per store."""
+        return self._save_storable(staged.storable)
+
+    def _save_storable(self, storable: dict) -> Path:
+        prefix, payload = _frame(storable)
         existing = self.paths()
         seq = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
         path = self.directory / f"ckpt-{seq:010d}"
@@ -264,14 +296,14 @@ class CheckpointStore:
 
 def encode(state: dict) -> bytes:
     """The bytes of a checkpoint file holding ``state``."""
-    prefix, payload = _frame(state)
+    prefix, payload = _frame(_storable_state(state, copy=False))
     return prefix + bytes(payload)
 
 
-def _frame(state: dict) -> tuple[bytes, memoryview]:
+def _frame(storable: dict) -> tuple[bytes, memoryview]:
     # Magic and header, then the payload as a view: a large model is not copied again.
     buffer = io.BytesIO()
-    torch.save(_to_storable(state), buffer)
+    torch.save(storable, buffer)
     payload = buffer.getbuffer()
     header = json.dumps({
         "format_version": FORMAT_VERSION, "payload_bytes": len(payload),
@@ -333,9 +365,18 @@ def _first_line(error: BaseException) -> str:
                 lines[0] if lines else type(error).__name__)[:200]
 
 
-def _to_storable(value: Any, where: str = "state") -> Any:
+def _storable_state(state: Any, copy: bool) -> dict:
+    if not isinstance(state, dict):
+        raise ValueError(f"state must be a dict, got {type(state).__name__}")
+    return _to_storable(state, copy=copy)
+
+
+def _to_storable(value: Any, where: str = "state", copy: bool = False) -> Any:
     # Turn the state into what torch.load(weights_only=True) accepts; reject the rest early.
-    if value is None or isinstance(value, (bool, int, float, str, bytes, torch.Tensor)):
+    # Containers are rebuilt and arrays become bytes anyway; copy=True clones tensors too.
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone() if copy else value
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
@@ -352,14 +393,14 @@ def _to_storable(value: Any, where: str = "state") -> Any:
         for key, item in value.items():
             if not isinstance(key, (str, int)):
                 raise ValueError(f"{where}: dict keys must be str or int, got {key!r}")
-            out[key] = _to_storable(item, f"{where}[{key!r}]")
+            out[key] = _to_storable(item, f"{where}[{key!r}]", copy)
         if isinstance(value, OrderedDict):
             out = OrderedDict(out)
             if hasattr(value, "_metadata"):  # module versions of a torch state_dict
                 out._metadata = value._metadata
         return out
     if isinstance(value, (list, tuple)):
-        items = [_to_storable(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        items = [_to_storable(item, f"{where}[{i}]", copy) for i, item in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
     raise ValueError(f"{where}: cannot store a {type(value).__name__} without pickling it")
 

@@ -18,7 +18,7 @@ import torch
 
 from recallstream.model.checkpoint import (
     FORMAT_VERSION, MAGIC, CheckpointLocked, CheckpointStore, CorruptCheckpoint, OwnerLock,
-    NDARRAY_KEY, UnsafeCheckpoint, UnsupportedCheckpointVersion,
+    NDARRAY_KEY, StagedState, UnsafeCheckpoint, UnsupportedCheckpointVersion,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +111,39 @@ def test_loaded_state_restores_model_and_optimizers(tmp_path):
             opt.step()
     assert torch.equal(embedding.weight, embedding2.weight)
     assert torch.equal(dense.weight, dense2.weight)
+
+
+def test_a_staged_state_is_the_state_of_its_instant_while_training_goes_on(tmp_path):
+    embedding, dense, sparse_opt, dense_opt = trained_model_and_optimizers()
+
+    def state():
+        return {"embedding": embedding.state_dict(), "dense": dense.state_dict(),
+                "sparse_opt": sparse_opt.state_dict(), "dense_opt": dense_opt.state_dict(),
+                "gap": gap, "history": history}
+
+    gap, history = np.arange(4.0), {"u1": ["a"]}
+    before = CheckpointStore(tmp_path / "now")
+    before.save(state())  # what a blocking save of this instant writes
+    staged = StagedState(state())
+    for opt in (sparse_opt, dense_opt):  # training goes on: every part changes in place
+        opt.zero_grad()
+    dense(embedding(torch.tensor([1, 2]))).sum().backward()
+    sparse_opt.step()
+    dense_opt.step()
+    gap += 1
+    history["u1"].append("b")
+    history["u2"] = ["c"]
+
+    later = CheckpointStore(tmp_path / "later")
+    later.save_staged(staged)
+    assert_same(before.load_latest(), later.load_latest())
+    assert not torch.equal(later.load_latest()["dense"]["weight"], dense.weight.detach())
+
+
+@pytest.mark.parametrize("bad", [{"s": {1, 2}}, {"o": object()}, [1, 2]])
+def test_staging_refuses_what_save_refuses_at_once(bad):
+    with pytest.raises(ValueError):
+        StagedState(bad)
 
 
 def test_keeps_the_newest_n_and_numbers_on(tmp_path):
