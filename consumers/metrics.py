@@ -35,7 +35,12 @@ LAST_CLICK_TS = Gauge("recallstream_last_trained_click_timestamp_seconds",
 LAST_PROCESSED_TS = Gauge("recallstream_last_processed_timestamp_seconds",
                           "Wall time the worker last trained a batch")
 TRAIN_SECONDS = Histogram("recallstream_train_step_seconds", "Duration of one training step")
-CHECKPOINT_SECONDS = Histogram("recallstream_checkpoint_seconds", "Duration of one checkpoint")
+CHECKPOINT_SECONDS = Histogram("recallstream_checkpoint_seconds",
+                               "Duration of one checkpoint, from staging its state to its file written")
+CHECKPOINT_PAUSE_SECONDS = Histogram(
+    "recallstream_checkpoint_pause_seconds",
+    "Time training stopped for one checkpoint: staging its state, waiting for the previous "
+    "write, committing its offsets (the file is written in the background meanwhile)")
 CHECKPOINT_FAILURES = Counter(
     "recallstream_checkpoint_failures_total",
     "Checkpoints that could not be written (disk full, I/O error): retried at the next one")
@@ -146,6 +151,11 @@ def observe_checkpoint(seconds: float, created_at: float) -> None:
     """One checkpoint written (wall time ``created_at``) in ``seconds``."""
     CHECKPOINT_SECONDS.observe(seconds)
     LAST_CHECKPOINT_TS.set(created_at)
+
+
+def observe_checkpoint_pause(seconds: float) -> None:
+    """Training stopped ``seconds`` for one checkpoint written in the background."""
+    CHECKPOINT_PAUSE_SECONDS.observe(seconds)
 
 
 def observe_checkpoint_failure() -> None:

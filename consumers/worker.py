@@ -1,6 +1,7 @@
 """``recallstream worker``: Kafka events to incremental two-tower updates to Qdrant.
 
-The worker composes named components and runs them on two threads::
+The worker composes named components and runs them on two threads (a third writes
+checkpoints)::
 
     prefetch thread  StreamIngestor (streaming/ingest.py): fetch the joiner's
                      examples (read_committed) and the items and users, align,
@@ -10,7 +11,9 @@ The worker composes named components and runs them on two threads::
                      them -> OnlineLearner trains -> IndexPublisher -> Qdrant
                      (IndexSync's background writer)
     every N batches or seconds: pause the prefetcher, consume what it queued,
-                     WorkerState.save: drain Qdrant writes, checkpoint, commit offsets
+                     WorkerState.stage: drain Qdrant writes, copy the state; the
+                     CheckpointWriter's thread writes it while training goes on; once
+                     it is written, commit its offsets
     on a newer daily snapshot (SnapshotFollower, at a batch boundary): pause, train
                      what is queued, take the snapshot's weights, rewind the examples
                      to its cut (what follows is trained again on top of it), re-embed
@@ -101,6 +104,9 @@ class Worker:
         self.stop = threading.Event()
         self.trainer = None
         self._loop_started: float | None = None
+        # the checkpoints written in the background (the final one is not): how long
+        # training stopped for them, and how long they took from staging to written
+        self.checkpoint_times = {"checkpoints": 0, "pause_s": 0.0, "written_s": 0.0}
 
     @property
     def counters(self) -> dict[str, Any]:
@@ -136,6 +142,7 @@ class Worker:
         return self.report()
 
     def _open(self) -> None:
+        from recallstream.consumers.checkpoint_writer import CheckpointWriter
         from recallstream.consumers.worker_components import open_components
         from recallstream.streaming.prefetch import Prefetcher
 
@@ -149,6 +156,8 @@ class Worker:
         # a few polls ahead are enough to overlap ingestion with training; more would only
         # lengthen the drain before each checkpoint (and a graceful stop)
         self.prefetcher = Prefetcher(self.ingestor, max_queued=4)
+        self.writer = CheckpointWriter(self.store)
+        self._staging_s = 0.0
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
         self._ingest_metrics = metrics.IngestCounters()
@@ -173,7 +182,9 @@ class Worker:
             from recallstream.consumers import http_server
 
             http_server.attach(self.settings.metrics_port, None)
-        closers = [self.prefetcher.close, self.trainer.publisher.close, self.ingestor.close]
+        # a write still running finishes first: its file is valid, and the lock must outlive it
+        closers = [self.writer.close, self.prefetcher.close, self.trainer.publisher.close,
+                   self.ingestor.close]
         if self._given_index is None:
             closers.append(self.index.close)
         for close in closers:
@@ -201,6 +212,8 @@ class Worker:
                 self.upstream.check()
             if trainer.counters["batches"] != batches:
                 idle_since = time.monotonic()
+            if self.writer.finished():
+                self._collect_checkpoint(wait=False)
             if self._checkpoint_due():
                 self._checkpoint()
             if time.monotonic() - metrics_at > 0.5:
@@ -227,15 +240,52 @@ class Worker:
                 or time.monotonic() - self._last_checkpoint_at >= s.checkpoint_every_s)
 
     def _checkpoint(self, final: bool = False) -> None:
+        """Stage a checkpoint and write it in the background (training goes on; its offsets
+        are committed once it is written); the final one is written before returning."""
+        self._collect_checkpoint(wait=True)  # one write at a time
         started = time.perf_counter()
         with self.prefetcher.paused() as queued:
             for ingested in queued:  # now the ingestor's state is exactly what was consumed
                 self.trainer.consume(ingested)
-            state = self._save_state(final)
+            if final:
+                state = self._save_state(final)
+            else:
+                staging = time.perf_counter()
+                self.writer.start(self.state.stage(), started)
+                self._staging_s = time.perf_counter() - staging
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
-        if state is not None:
+        if final:
             metrics.observe_checkpoint(time.perf_counter() - started, state["created_at"])
+
+    def _collect_checkpoint(self, wait: bool) -> None:
+        """Commit the offsets of the checkpoint written in the background, if one ended
+        (waiting for it if ``wait``); a failed write commits nothing."""
+        waiting = time.perf_counter()
+        written = self.writer.collect(wait)
+        paused_s = time.perf_counter() - waiting + self._staging_s
+        if written is None:
+            return
+        if written.error is not None:
+            self._checkpoint_failed(written.error)
+        else:
+            with self.prefetcher.paused() as queued:  # the consumer is the prefetch thread's
+                for ingested in queued:
+                    self.trainer.consume(ingested)
+                committing = time.perf_counter()
+                self.ingestor.commit(written.offsets)
+                paused_s += time.perf_counter() - committing
+            metrics.observe_checkpoint(written.seconds, written.created_at)
+        metrics.observe_checkpoint_pause(paused_s)
+        self.checkpoint_times["checkpoints"] += 1
+        self.checkpoint_times["pause_s"] += paused_s
+        self.checkpoint_times["written_s"] += written.seconds
+
+    @staticmethod
+    def _checkpoint_failed(error) -> None:
+        metrics.observe_checkpoint_failure()
+        log.error("%s; training goes on, nothing is committed, the next checkpoint "
+                  "tries again", error)
 
     def _save_state(self, final: bool = False) -> dict[str, Any] | None:
         """Checkpoint and commit; None (logged, counted) when the file cannot be written:
@@ -245,11 +295,10 @@ class Worker:
         try:
             return self.state.save(self.store)
         except CheckpointWriteFailed as error:
-            metrics.observe_checkpoint_failure()
             if final:
+                metrics.observe_checkpoint_failure()
                 raise
-            log.error("%s; training goes on, nothing is committed, the next checkpoint "
-                      "tries again", error)
+            self._checkpoint_failed(error)
             return None
 
     def _maybe_reset(self) -> None:
@@ -259,6 +308,7 @@ class Worker:
         snapshot = load_snapshot(self.follower, version, self.trainer.learner) if version else None
         if snapshot is None:
             return
+        self._collect_checkpoint(wait=True)  # the reset writes its own checkpoint
         with self.prefetcher.paused() as queued:
             reset_to(snapshot, queued, self.trainer, self.ingestor, self.follower,
                      self.settings.topic_examples, self._save_state)

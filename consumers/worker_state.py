@@ -38,11 +38,20 @@ Examples
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from recallstream.consumers.stream_trainer import StreamTrainer
 
 STATE_FORMAT = 2
+
+
+class StagedCheckpoint(NamedTuple):
+    """A staged state (:class:`~recallstream.model.checkpoint.StagedState`) and what
+    its write's caller needs: the offsets to commit once it is written, its time."""
+
+    state: Any
+    offsets: dict[str, Any]
+    created_at: float
 
 
 class WorkerState:
@@ -103,6 +112,15 @@ class WorkerState:
         store.save(state)
         self.ingestor.commit(state["offsets"])
         return state
+
+    def stage(self) -> StagedCheckpoint:
+        """The checkpoint as of now, copied for a write in the background, once Qdrant has
+        every published vector; commit its offsets only after the write."""
+        from recallstream.model.checkpoint import StagedState
+
+        self.trainer.publisher.drain()  # as in save: the vectors arrive before the offsets
+        staged = StagedState(self.state_dict())
+        return StagedCheckpoint(staged, staged.storable["offsets"], staged.storable["created_at"])
 
 
 def upgrade(state: dict[str, Any]) -> dict[str, Any]:
