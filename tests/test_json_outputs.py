@@ -103,7 +103,7 @@ def test_bench_pipeline_reports_pipeline_and_bare_step_rates(kafka_settings, cap
     from recallstream.consumers.bench.pipeline import _local_broker_pid
 
     figures = run_json(capsys, "bench", "pipeline", "--runs", "1", "--limit", "300",
-                       "--batch-size", "100",
+                       "--batch-size", "100", "--checkpoint-every-batches", "1",
                        *kafka_settings.flags("bootstrap_servers", "broker_port", "broker_data_dir"))
     assert (figures["clicks"], figures["events"], figures["batch_size"]) == (300, 300 * (1 + EXPOSURES), 100)
     assert figures["pipeline_clicks_per_s"] > 0 and figures["bare_step_samples_per_s"] > 0
@@ -113,6 +113,9 @@ def test_bench_pipeline_reports_pipeline_and_bare_step_rates(kafka_settings, cap
     # the worker's own time (first batch to last) lies within the pipeline's
     assert figures["worker_clicks_per_s"] >= figures["pipeline_clicks_per_s"]
     assert figures["backlog_clicks_per_s"] > 0  # a second worker, on the joined backlog
+    # checkpoints written in the background before the last batch: what each cost
+    assert figures["checkpoints"] >= 1
+    assert figures["checkpoint_pause_ms"] > 0 and figures["checkpoint_written_ms"] > 0
     # where the CPU goes: the worker per click, the joiner per record, the broker per event
     assert figures["worker_cpu_us_per_click"] > 0 and figures["joiner_cpu_us_per_record"] > 0
     assert 0 < figures["cores_busy"] <= figures["cores"] + 0.5  # sampling rounds up a little

@@ -45,6 +45,13 @@ broker), ``cpu_us_per_event`` (the three together) and ``cores_busy`` (their
 CPU seconds per second of the pipeline). ``cores * 1e6 / cpu_us_per_event`` is
 the most events/s these processes could pass on this machine at that cost.
 
+**Checkpoints** (the worker writes one every 50 batches, in a background thread, and
+a last one when it stops): ``checkpoints`` is how many the pipeline's worker wrote
+that way (its last is not counted), ``checkpoint_pause_ms`` how long training stopped for each
+(staging its state, committing its offsets) and ``checkpoint_written_ms`` how long
+each took from staging to its file written, while training went on (means; None
+without one: a run of fewer than 50 batches has none).
+
 Figures are medians over ``--runs`` runs.
 """
 
@@ -109,7 +116,7 @@ def run(args, settings) -> dict[str, Any]:
             "joiner_us_per_record": statistics.median(run["joiner_us_per_record"]
                                                       for run in pipeline),
             "bare_step_samples_per_s": round(samples), "ratio": round(clicks / samples, 3),
-            **_cpu_figures(pipeline, events),
+            **_cpu_figures(pipeline, events), **_checkpoint_figures(pipeline),
             "batch_size": settings.batch_size, "clicks": plan.num_clicks, "events": events,
             "exposures_per_click": args.exposures_per_click, "backend": args.backend,
             "runs": args.runs,
@@ -158,7 +165,8 @@ def _pipeline_run(settings, plan, backend: str, broker_pid: int | None) -> dict[
             "worker_cpu_s": cpu.worker_between(first_record, last_batch),
             "joiner_cpu_s": joined["active_cpu_s"],
             "broker_cpu_s": broker_cpu,
-            "backlog_clicks_per_s": backlog}
+            "backlog_clicks_per_s": backlog,
+            "checkpoint_times": dict(worker.checkpoint_times)}
 
 
 def _check_trained(worker, plan, detail: str, joiner_reported: bool = True) -> None:
@@ -256,6 +264,21 @@ def _cpu_figures(pipeline: list[dict], events: int) -> dict[str, Any]:
         "cpu_us_per_event": figure([1e6 * cpu / events for cpu in total] if broker_measured else []),
         "cores_busy": figure([cpu / run["seconds"] for cpu, run in zip(total, pipeline)], 2),
         "cores": os.cpu_count()}
+
+
+def _checkpoint_figures(pipeline: list[dict]) -> dict[str, Any]:
+    """The pipeline worker's background checkpoints (medians over the runs): how many,
+    and per checkpoint the training's pause and the time to the file written, in ms."""
+    times = [run["checkpoint_times"] for run in pipeline]
+    written = [t for t in times if t["checkpoints"]]
+
+    def per_checkpoint_ms(key: str) -> float | None:
+        values = [1000 * t[key] / t["checkpoints"] for t in written]
+        return round(statistics.median(values), 1) if values else None
+
+    return {"checkpoints": statistics.median(t["checkpoints"] for t in times),
+            "checkpoint_pause_ms": per_checkpoint_ms("pause_s"),
+            "checkpoint_written_ms": per_checkpoint_ms("written_s")}
 
 
 class _JoinerStartedLater:
