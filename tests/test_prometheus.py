@@ -22,6 +22,7 @@ import pytest
 from recallstream.consumers.local_kafka import free_port
 from recallstream.consumers.replay import ReplayPlan, publish
 from recallstream.consumers.worker import Worker, WorkerOptions
+from recallstream.model.checkpoint import CheckpointStore
 from recallstream.model.drift import SIGNALS
 from recallstream.model.vector_index import VectorIndex
 from recallstream.streaming.movielens import load_movielens
@@ -107,9 +108,11 @@ def scraped(kafka_settings, tmp_path_factory):
             thread.join(timeout=120)
             assert not thread.is_alive(), "the worker did not finish its replay"
             assert worker.counters["clicks_trained"] == CLICKS
-            # Prometheus has scraped the finished run: the process trained every click
-            wait_for(lambda: query("recallstream_batches_total")
-                     and float(query("recallstream_batches_total")[0]["value"][1]) >= CLICKS // 256
+            # Prometheus has scraped the finished run: after the worker's last checkpoint,
+            # which follows its final figures (a scrape after its 11th batch but before the
+            # end would show the records still to come as lag)
+            last = CheckpointStore(settings.checkpoint_dir).load_latest()["created_at"]
+            wait_for(lambda: query(f"recallstream_last_checkpoint_timestamp_seconds >= {last - 1e-3}")
                      and query("recallstream_freshness_seconds_count > 0"),
                      "Prometheus to scrape the finished run")
             # the moment the scraped run is complete: rates over the last minute cover it then,
