@@ -371,6 +371,11 @@ def _storable_state(state: Any, copy: bool) -> dict:
     return _to_storable(state, copy=copy)
 
 
+# Stored as they are: a container's items of these types skip the call (a state holds
+# about 100,000 of them after 40,000 clicks: histories, tables, prequential sets).
+_LEAVES = frozenset({type(None), bool, int, float, str, bytes})
+
+
 def _to_storable(value: Any, where: str = "state", copy: bool = False) -> Any:
     # Turn the state into what torch.load(weights_only=True) accepts; reject the rest early.
     # Containers are rebuilt and arrays become bytes anyway; copy=True clones tensors too.
@@ -393,14 +398,16 @@ def _to_storable(value: Any, where: str = "state", copy: bool = False) -> Any:
         for key, item in value.items():
             if not isinstance(key, (str, int)):
                 raise ValueError(f"{where}: dict keys must be str or int, got {key!r}")
-            out[key] = _to_storable(item, f"{where}[{key!r}]", copy)
+            out[key] = item if type(item) in _LEAVES else _to_storable(
+                item, f"{where}[{key!r}]", copy)
         if isinstance(value, OrderedDict):
             out = OrderedDict(out)
             if hasattr(value, "_metadata"):  # module versions of a torch state_dict
                 out._metadata = value._metadata
         return out
     if isinstance(value, (list, tuple)):
-        items = [_to_storable(item, f"{where}[{i}]", copy) for i, item in enumerate(value)]
+        items = [item if type(item) in _LEAVES else _to_storable(item, f"{where}[{i}]", copy)
+                 for i, item in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
     raise ValueError(f"{where}: cannot store a {type(value).__name__} without pickling it")
 
