@@ -1,9 +1,9 @@
 """The worker's checkpoint writes, in a background thread, so that training goes on.
 
-Writing a checkpoint (serialising, checksumming, fsyncing tens of MB) took the
-worker's training thread about 0.4 s every 50 batches. Staging the state (a copy
-of one instant, :class:`~recallstream.model.checkpoint.StagedState`) still
-happens on the training thread, with the reading paused, so the checkpoint is
+Serialising, checksumming, writing and fsyncing a checkpoint of tens of MB on the
+training thread stopped training for as long as it took, every 50 batches. Staging
+the state (a copy of one instant, :class:`~recallstream.model.checkpoint.StagedState`)
+still happens on the training thread, with the reading paused, so the checkpoint is
 exactly as consistent as before; only the write moves to :class:`CheckpointWriter`.
 The caller collects each finished write (:meth:`CheckpointWriter.collect`) and
 only then commits its offsets: nothing is committed before its checkpoint is durable.
