@@ -243,20 +243,19 @@ class Worker:
         """Stage a checkpoint and write it in the background (training goes on; its offsets
         are committed once it is written); the final one is written before returning."""
         self._collect_checkpoint(wait=True)  # one write at a time
-        started = time.perf_counter()
         with self.prefetcher.paused() as queued:
             for ingested in queued:  # now the ingestor's state is exactly what was consumed
                 self.trainer.consume(ingested)
+            staging = time.perf_counter()
             if final:
-                state = self._save_state(final)
+                state = self._save_state(final=True)
             else:
-                staging = time.perf_counter()
-                self.writer.start(self.state.stage(), started)
+                self.writer.start(self.state.stage(), staging)
                 self._staging_s = time.perf_counter() - staging
         self._last_checkpoint_at = time.monotonic()
         self._batches_at_checkpoint = self.counters["batches"]
         if final:
-            metrics.observe_checkpoint(time.perf_counter() - started, state["created_at"])
+            metrics.observe_checkpoint(time.perf_counter() - staging, state["created_at"])
 
     def _collect_checkpoint(self, wait: bool) -> None:
         """Commit the offsets of the checkpoint written in the background, if one ended
