@@ -59,6 +59,9 @@ from recallstream.streaming.movielens import MovieLens
 from recallstream.streaming.settings import Settings
 
 DEFAULT_RATE = 2000.0  # events/s when neither --rate nor --max is given: a watchable stream
+# Past the producer's delivery timeout (kafka-python's default: 120 s) every record sent
+# has an outcome, unless the broker is gone: kafka-python 3.0 then waits for it forever.
+FLUSH_TIMEOUT_S = 150.0
 
 # The producer's pure-Python send path is the bottleneck of --max (about 20 us per record):
 # big, lingering batches and no per-record metrics cut its cost; no compression, because
@@ -224,8 +227,14 @@ class ReplaySummary:
                 "events_per_s": round(events / self.seconds, 1) if self.seconds > 0 else None}
 
 
+class ReplayStalled(CommandError):
+    """The broker stopped taking or acknowledging the replay's records (it is gone, or
+    cannot store them): the replay gives up with this message instead of waiting forever."""
+
+
 def publish(plan: ReplayPlan, settings: Settings, *, rate: float | None = None,
-            progress: bool = True, producer=None) -> ReplaySummary:
+            progress: bool = True, producer=None,
+            flush_timeout_s: float = FLUSH_TIMEOUT_S) -> ReplaySummary:
     """Send the records of ``plan`` to Kafka, flush, and count what was sent.
 
     Parameters
@@ -240,6 +249,8 @@ def publish(plan: ReplayPlan, settings: Settings, *, rate: float | None = None,
         Show a progress bar of clicks on stderr.
     producer : KafkaProducer, optional
         Producer to use (closed by the caller); default a replay-tuned one, closed here.
+    flush_timeout_s : float
+        Longest wait for the broker to acknowledge the records sent, at the end.
 
     Returns
     -------
@@ -247,10 +258,17 @@ def publish(plan: ReplayPlan, settings: Settings, *, rate: float | None = None,
         ``failed`` counts records the broker did not acknowledge, ``first_error``
         describes the first such failure.
 
+    Raises
+    ------
+    ReplayStalled
+        The broker took no more records for the producer's ``max_block_ms``, or
+        acknowledged none of the last ones within ``flush_timeout_s``.
+
     Examples
     --------
     With a broker, see tests/test_replay_kafka.py.
     """
+    from kafka.errors import KafkaTimeoutError
     from tqdm import tqdm
 
     from recallstream.streaming.kafka_io import make_producer
@@ -260,6 +278,7 @@ def publish(plan: ReplayPlan, settings: Settings, *, rate: float | None = None,
         producer = make_producer(settings, **PRODUCER_OPTIONS)
     failures: list[BaseException] = []
     start = time.monotonic()
+    stalled = False
     try:
         send_entity_records(producer, plan, settings, lambda key: failures.append)
         pacer = Pacer(rate)
@@ -273,14 +292,29 @@ def publish(plan: ReplayPlan, settings: Settings, *, rate: float | None = None,
                 if events % per_list == 0:  # a click closes each list
                     bar.update(1)
                     pacer.wait_for(events)
-        producer.flush()
+        producer.flush(timeout=flush_timeout_s)
+    except KafkaTimeoutError as error:
+        stalled = True
+        raise ReplayStalled(
+            f"the broker ({settings.bootstrap_servers}) stopped taking or acknowledging the "
+            f"replay's records ({error}); is it still running? {len(failures)} records had "
+            f"failed before") from None
     finally:
         if own_producer:
-            producer.close()
+            _close(producer, abandon=stalled)
     return ReplaySummary(plan.name or plan.dataset.source, len(plan.dataset.users),
                          len(plan.dataset.items), plan.num_clicks, plan.num_exposures,
                          time.monotonic() - start, failed=len(failures),
                          first_error=repr(failures[0]) if failures else None)
+
+
+def _close(producer, abandon: bool) -> None:
+    if abandon:
+        # kafka-python 3.0's close(timeout) raises while records are pending, and so does its
+        # __del__ later: fail the records a gone broker will never acknowledge first, as its
+        # own forced close does (the sender thread aborts every incomplete batch).
+        producer._sender.force_close()
+    producer.close(timeout=30.0 if abandon else None)
 
 
 def add_parser(subparsers) -> None:

@@ -156,3 +156,43 @@ def test_records_the_broker_rejects_are_counted_and_fail_the_command(topic_setti
     finally:
         with admin_client(settings) as admin:
             admin.delete_topics([settings.topic_exposures], raise_errors=False)
+
+
+
+def test_a_replay_whose_broker_goes_away_gives_up_with_a_clear_error(tmp_path):
+    """The broker stops during a replay and never comes back: the replay stops at its
+    flush timeout, with a message, instead of waiting forever (kafka-python 3.0 does not
+    expire the records of a broker it cannot reach)."""
+    import threading
+
+    from recallstream.consumers.local_kafka import LocalBroker, fetch_jars, free_port
+    from recallstream.consumers.replay import ReplayStalled, publish
+    from recallstream.streaming.kafka_io import create_topics
+    from recallstream.streaming.settings import Settings
+
+    private = LocalBroker(data_dir=(tmp_path / "kafka").resolve(), port=free_port(),
+                          jars_dir=fetch_jars(Settings.resolve().kafka_cache_dir))
+    private.start(timeout_s=120)
+    try:
+        settings = dataclasses.replace(Settings.resolve(), bootstrap_servers=private.bootstrap_servers)
+        create_topics(settings)
+        outcome = {}
+
+        def replay_slowly():
+            try:  # 40 clicks with their exposures and catalog, over about 4 s
+                outcome["summary"] = publish(ReplayPlan(load_movielens("ml-100k"), limit=40),
+                                             settings, rate=50, progress=False, flush_timeout_s=5.0)
+            except ReplayStalled as error:
+                outcome["error"] = error
+
+        thread = threading.Thread(target=replay_slowly)
+        thread.start()
+        time.sleep(1.0)
+        assert private.stop()
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the replay still waits for a broker that is gone"
+    finally:
+        private.stop()
+    assert "summary" not in outcome
+    assert "stopped taking or acknowledging" in str(outcome["error"])
+    assert private.bootstrap_servers in str(outcome["error"])
