@@ -38,6 +38,7 @@ checkpoint is skipped for the previous one when the worker starts
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -243,9 +244,7 @@ class Worker:
         """Stage a checkpoint and write it in the background (training goes on; its offsets
         are committed once it is written); the final one is written before returning."""
         self._collect_checkpoint(wait=True)  # one write at a time
-        with self.prefetcher.paused() as queued:
-            for ingested in queued:  # now the ingestor's state is exactly what was consumed
-                self.trainer.consume(ingested)
+        with self._reading_paused():
             staging = time.perf_counter()
             if final:
                 state = self._save_state(final=True)
@@ -268,9 +267,7 @@ class Worker:
         if written.error is not None:
             self._checkpoint_failed(written.error)
         else:
-            with self.prefetcher.paused() as queued:  # the consumer is the prefetch thread's
-                for ingested in queued:
-                    self.trainer.consume(ingested)
+            with self._reading_paused():  # the consumer is the prefetch thread's
                 committing = time.perf_counter()
                 self.ingestor.commit(written.offsets)
                 paused_s += time.perf_counter() - committing
@@ -279,6 +276,15 @@ class Worker:
         self.checkpoint_times["checkpoints"] += 1
         self.checkpoint_times["pause_s"] += paused_s
         self.checkpoint_times["written_s"] += written.seconds
+
+    @contextlib.contextmanager
+    def _reading_paused(self):
+        """Stop the reading and train what it queued: the ingestor's state is then exactly
+        what the trainer consumed."""
+        with self.prefetcher.paused() as queued:
+            for ingested in queued:
+                self.trainer.consume(ingested)
+            yield
 
     @staticmethod
     def _checkpoint_failed(error) -> None:
