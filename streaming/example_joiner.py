@@ -123,7 +123,10 @@ class JoinerOptions:
         leaves the group: its partitions move to another joiner, and its transaction,
         fenced by its stale group generation, aborts; its next poll rejoins the group.
     exit_when_idle_s : float or None
-        Stop after this long with no record to join (None: until stopped).
+        Stop after this long with no record to join, once the group has assigned this
+        joiner its partitions and it has read them to their end (None: until stopped).
+        Joining the group and restoring the lanes do not count as idle: on a busy
+        machine they alone can take seconds.
     """
 
     instance: str = "0"
@@ -191,6 +194,7 @@ class ExampleJoiner:
         self._fenced_at = -float("inf")
         self._lanes: dict[int, _Lane] = {}
         self._pending: set[int] = set()
+        self._assigned = False  # the group gave this joiner its partitions (maybe none)
         self.counters = dict.fromkeys(
             ("records", "exposures", "clicks", "examples", "orphans", "dead_lettered",
              "transactions", "aborted", "restores", "replayed_records", "snapshots", "fenced",
@@ -228,9 +232,11 @@ class ExampleJoiner:
                         first_record, cpu_at_first = time.monotonic(), time.process_time()
                     self._transaction(batches, membership)
                     last_record, cpu_at_last = time.monotonic(), time.process_time()
-                elif (self.options.exit_when_idle_s is not None and not self._pending
+                elif (self.options.exit_when_idle_s is not None
                       and time.monotonic() - last_record > self.options.exit_when_idle_s):
-                    break
+                    if self._read_to_the_end():
+                        break
+                    last_record = time.monotonic()  # not idle: still joining or restoring
             lanes = sorted(self._lanes)
         finally:
             self.close()
@@ -390,6 +396,24 @@ class ExampleJoiner:
         if partitions:
             self.consumer.pause(*partitions)
         self._pending |= {tp.partition for tp in partitions}
+        self._assigned = True
+
+    def _read_to_the_end(self) -> bool:
+        """Whether this joiner has its partitions (after the group's assignment), every
+        lane restored, and every input partition read to its end (``exit_when_idle_s``)."""
+        from kafka.errors import KafkaError
+
+        if not self._assigned or self._pending:
+            return False
+        assignment = list(self.consumer.assignment())
+        if not assignment:
+            return True  # more joiners than partitions: nothing to join here
+        try:
+            ends = self.consumer.end_offsets(assignment)
+        except KafkaError as error:  # the broker away: not known to be done
+            log.info("could not read the end offsets (%r); not idle yet", error)
+            return False
+        return all(self.consumer.position(tp) >= end for tp, end in ends.items())
 
     def revoked(self, partitions) -> None:
         """Forget the lanes of revoked partitions (their state lives in the state log)."""

@@ -206,3 +206,24 @@ def test_two_joiners_split_the_partitions_and_one_survives_the_other_killed(join
 def state_writers(settings) -> set[str]:
     return {orjson.loads(r.value)["instance"]
             for r in read_topic(settings, settings.topic_joiner_state, read_committed=True)}
+
+
+def test_a_joiner_told_to_exit_when_idle_first_joins_its_group_and_reads_to_the_end(joiner_settings):
+    # Joining the group and restoring the lanes take longer than this idle limit: they
+    # must not count as idle (a busy CI machine once made a 2 s limit exit with nothing).
+    from recallstream.streaming.example_joiner import ExampleJoiner, JoinerOptions
+
+    settings = joiner_settings
+    stream = make_stream(300, seed=13)
+    produce(settings, stream, 0.0)
+    expected = len(stream.joined) + len(stream.orphans)
+
+    def join(instance: str) -> dict:
+        options = JoinerOptions(instance=instance, exit_when_idle_s=0.01, session_timeout_s=6.0)
+        return ExampleJoiner(settings, options).run()
+
+    first = join("a")
+    assert first["examples"] == expected and first["lanes"] == [0, 1]
+    again = join("b")  # the same group, everything joined: it exits, joining nothing twice
+    assert again["examples"] == 0 and again["restores"] == PARTITIONS
+    assert_exactly_once(settings, stream, committed_examples(settings))
