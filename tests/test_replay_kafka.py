@@ -176,18 +176,23 @@ def test_a_replay_whose_broker_goes_away_gives_up_with_a_clear_error(tmp_path):
     try:
         settings = dataclasses.replace(Settings.resolve(), bootstrap_servers=private.bootstrap_servers)
         create_topics(settings)
+        plan = ReplayPlan(load_movielens("ml-100k"), limit=40)
         outcome = {}
 
         def replay_slowly():
             try:  # 40 clicks with their exposures and catalog, over about 4 s
-                outcome["summary"] = publish(ReplayPlan(load_movielens("ml-100k"), limit=40),
-                                             settings, rate=50, progress=False, flush_timeout_s=5.0)
+                outcome["summary"] = publish(plan, settings, rate=50, progress=False,
+                                             flush_timeout_s=5.0)
             except ReplayStalled as error:
                 outcome["error"] = error
 
         thread = threading.Thread(target=replay_slowly)
         thread.start()
-        time.sleep(1.0)
+        # Stopped once clicks arrive: the producer has then sent to every topic. Stopped
+        # earlier, a send to a topic it has no metadata for blocks for max_block_ms
+        # (60 s) instead, the other way this replay gives up (a fixed sleep made the test
+        # take 20 or 75 s by the machine's speed).
+        wait_for_records(settings, settings.topic_clicks)
         assert private.stop()
         thread.join(timeout=120)
         assert not thread.is_alive(), "the replay still waits for a broker that is gone"
@@ -196,3 +201,20 @@ def test_a_replay_whose_broker_goes_away_gives_up_with_a_clear_error(tmp_path):
     assert "summary" not in outcome
     assert "stopped taking or acknowledging" in str(outcome["error"])
     assert private.bootstrap_servers in str(outcome["error"])
+
+
+def wait_for_records(settings, topic: str, timeout_s: float = 60.0) -> None:
+    """Until ``topic`` holds a record."""
+    from kafka import TopicPartition
+
+    from recallstream.streaming.kafka_io import make_consumer
+
+    consumer = make_consumer(settings)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        deadline = time.monotonic() + timeout_s
+        while not any(consumer.end_offsets(partitions).values()):
+            assert time.monotonic() < deadline, f"no record reached {topic} in {timeout_s} s"
+            time.sleep(0.1)
+    finally:
+        consumer.close()
