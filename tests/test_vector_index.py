@@ -453,3 +453,86 @@ def test_against_a_qdrant_server():
         for name in names:
             index.delete_collection(name)
         index.close()
+
+
+def random_payload(rng, static: dict) -> dict:
+    """An item-like payload: mostly its static part and new per-write values, sometimes
+    a key less, a list changed, a value of another type but equal, or a long list."""
+    payload = {**static, "model_version": int(rng.integers(3)), "updated_at": float(rng.integers(3))}
+    draw = rng.random()
+    if draw < 0.1:
+        del payload["title"]
+    elif draw < 0.2:
+        payload["categories"] = ["Drama", "War"]
+    elif draw < 0.35:
+        payload["model_version"] = [1, 1.0, True][rng.integers(3)]  # == 1, not the same value
+    elif draw < 0.4:
+        payload["history"] = [str(i) for i in range(20)]  # too long to remember
+    return payload
+
+
+def typed(value):
+    """``value`` with the type of each of its parts: 1, 1.0 and True are three values."""
+    if isinstance(value, dict):
+        return {key: typed(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    return type(value).__name__, value
+
+
+def test_random_upserts_and_deletes_leave_what_whole_point_writes_would(index):
+    # The reference is the plain meaning of an upsert: each point replaced whole.
+    rng = np.random.default_rng(5)
+    index.ensure_collection("items", dim=4)
+    items = [f"i{k}" for k in range(12)]
+    static = {item: {"categories": ["Drama"], "title": f"Film {item}"} for item in items}
+    expected: dict[str, tuple[np.ndarray, dict]] = {}
+    for _ in range(100):
+        chosen = sorted(map(str, rng.choice(items, size=int(rng.integers(1, 8)), replace=False)))
+        if rng.random() < 0.15:
+            index.delete("items", chosen)
+            for item in chosen:
+                expected.pop(item, None)
+        else:
+            vectors = unit_rows(rng, len(chosen), 4)
+            payloads = [random_payload(rng, static[item]) for item in chosen]
+            index.upsert("items", chosen, vectors, payloads)
+            expected.update({item: (vector, {**payload, "item_id": item})
+                             for item, vector, payload in zip(chosen, vectors, payloads)})
+        stored = index.retrieve_payloads("items", items)
+        assert typed(stored) == typed({item: payload for item, (_, payload) in expected.items()})
+        vectors = index.retrieve_vectors("items", items)
+        assert vectors.keys() == expected.keys()
+        for item, (vector, _) in expected.items():
+            np.testing.assert_allclose(vectors[item], vector, atol=1e-6)
+
+
+def test_edge_writes_only_the_changed_values_of_a_known_point(tmp_path, monkeypatch):
+    from recallstream.model import edge_index
+
+    index = VectorIndex.connect(location("edge", tmp_path / "qdrant"))
+    index.ensure_collection("items", dim=2)
+    operations = []
+    real = edge_index.EdgeClient._edge.fget(index.client)
+
+    class Recording:  # the binding's UpdateOperation, noting each kind of operation built
+        def __getattr__(self, kind):
+            def build(*args, **kwargs):
+                operations.append((kind, args))
+                return getattr(real.UpdateOperation, kind)(*args, **kwargs)
+            return build
+
+    monkeypatch.setattr(edge_index.EdgeClient, "_edge", property(
+        lambda self: type("Edge", (), {"UpdateOperation": Recording(), "Point": real.Point,
+                                       "PointVectors": real.PointVectors})))
+    payload = {"model_version": 1, "categories": ["Drama"], "title": "Heat"}
+    index.upsert("items", ["a", "b"], np.eye(2), [payload, payload])
+    assert [kind for kind, _ in operations] == ["upsert_points"]
+    operations.clear()
+    index.upsert("items", ["a", "b"], np.eye(2)[::-1], [{**payload, "model_version": 2}] * 2)
+    assert [kind for kind, _ in operations] == ["update_vectors", "set_payload"]
+    assert operations[1][1][1] == {"model_version": 2}  # one request for both points
+    assert index.retrieve_payloads("items", ["a"])["a"] == {**payload, "model_version": 2,
+                                                           "item_id": "a"}
+    np.testing.assert_allclose(index.retrieve_vectors("items", ["a"])["a"], [0.0, 1.0], atol=1e-6)
+    index.close()
