@@ -22,7 +22,9 @@ def add_parser(subparsers) -> None:
                         help="this process's name in the group (its transactional id); a "
                              "restart reuses it (default: 0)")
     parser.add_argument("--exit-when-idle", type=float, default=None, metavar="S",
-                        help="stop after S seconds with nothing to join (default: run forever)")
+                        help="stop after S seconds with nothing to join, once the group has "
+                             "assigned its partitions and it has read them to their end "
+                             "(default: run forever)")
     parser.add_argument("--snapshot-every", type=positive_int, default=20, metavar="N",
                         help="snapshot a partition's join state every N transactions (default: 20)")
     parser.add_argument("--max-poll-records", type=positive_int, default=5000, metavar="N",
