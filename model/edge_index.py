@@ -291,8 +291,8 @@ class EdgeClient:
                     if values:
                         shard.update(edge.UpdateOperation.set_payload(
                             [ids[k] for k in positions], {key: v for key, _, v in values}))
-            for k in plan.remember:
-                written[ids[k]] = payloads[k]
+            for k in plan.remember:  # a copy: the caller's lists may change later
+                written[ids[k]] = _copied(payloads[k])
 
     def delete(self, name: str, points_selector, wait: bool = True) -> None:
         ids = [_edge_id(i) for i in points_selector.points]
@@ -424,6 +424,12 @@ def _same(a, b) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
     return a == b
+
+
+def _copied(value):
+    if isinstance(value, dict):
+        return {key: _copied(v) for key, v in value.items()}
+    return [_copied(v) for v in value] if isinstance(value, list) else value
 
 
 def _values(payload: Mapping) -> int:

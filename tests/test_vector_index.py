@@ -536,3 +536,23 @@ def test_edge_writes_only_the_changed_values_of_a_known_point(tmp_path, monkeypa
                                                            "item_id": "a"}
     np.testing.assert_allclose(index.retrieve_vectors("items", ["a"])["a"], [0.0, 1.0], atol=1e-6)
     index.close()
+
+
+def test_edge_remembers_a_copy_of_what_it_wrote(tmp_path):
+    # A caller that changes a payload's list after the write must not make the next
+    # write look unchanged: Qdrant still holds the old list.
+    index = VectorIndex.connect(location("edge", tmp_path / "qdrant"))
+    index.ensure_collection("items", dim=2)
+    genres = ["Drama"]
+    index.client.upsert("items", batch_of(["a"], [[1.0, 0.0]], [{"categories": genres}]))
+    genres.append("War")
+    index.client.upsert("items", batch_of(["a"], [[1.0, 0.0]], [{"categories": genres}]))
+    stored = index.client.retrieve("items", [point_id("a")], with_payload=True)[0].payload
+    assert stored == {"categories": ["Drama", "War"]}
+    index.close()
+
+
+def batch_of(ids, vectors, payloads):
+    from qdrant_client import models
+
+    return models.Batch(ids=[point_id(i) for i in ids], vectors=vectors, payloads=payloads)
