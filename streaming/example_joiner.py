@@ -61,6 +61,7 @@ from kafka.errors import KafkaError
 from recallstream.streaming.dead_letters import dead_letter_key, dead_letter_record
 from recallstream.streaming.decoding import Invalid, decode
 from recallstream.streaming.joiner import ClickJoiner, Positive
+from recallstream.streaming.kafka_io import list_offsets
 from recallstream.streaming.kafka_source import is_retriable
 from recallstream.streaming.settings import Settings
 
@@ -409,7 +410,7 @@ class ExampleJoiner:
         if not assignment:
             return True  # more joiners than partitions: nothing to join here
         try:
-            ends = self.consumer.end_offsets(assignment)
+            ends = list_offsets(self.consumer, assignment, "end")
         except KafkaError as error:  # the broker away: not known to be done
             log.info("could not read the end offsets (%r); not idle yet", error)
             return False
@@ -464,7 +465,7 @@ class ExampleJoiner:
                 if any(offset is not None for offset in committed.values()):
                     log.warning("lane %d has committed offsets %s but no state log: "
                                 "resuming there with an empty join state", lane, committed)
-                starts = self._reader.beginning_offsets(list(tps.values()))
+                starts = list_offsets(self._reader, tps.values(), "beginning")
                 offsets = {kind: committed[kind] if committed[kind] is not None else starts[tp]
                            for kind, tp in tps.items()}
                 self.joiner.load_lane_state(lane, None)
@@ -487,7 +488,8 @@ class ExampleJoiner:
     def _state_log(self, lane: int) -> list[tuple[int, dict]]:
         """The committed state-log records of ``lane`` from its latest snapshot on (offset, value)."""
         tp = self._tp(self.settings.topic_joiner_state, lane)
-        start, end = self._reader.beginning_offsets([tp])[tp], self._reader.end_offsets([tp])[tp]
+        start = list_offsets(self._reader, [tp], "beginning")[tp]
+        end = list_offsets(self._reader, [tp], "end")[tp]
         back, last = 4, None
         while last is None:
             first = max(start, end - back)

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 
 from recallstream.streaming.example_joiner import parse_example
-from recallstream.streaming.kafka_io import make_consumer, partitions_of, records_until
+from recallstream.streaming.kafka_io import (list_offsets, make_consumer, partitions_of,
+                                             records_until)
 from recallstream.streaming.settings import Settings
 
 DAY_S = 86400.0
@@ -123,8 +124,8 @@ def read_window(settings: Settings, days: float, *, idle_timeout_s: float = 30.0
     consumer = make_consumer(settings, isolation_level="read_committed")
     try:
         partitions = partitions_of(consumer, topic)
-        cut = consumer.end_offsets(partitions)
-        begins = consumer.beginning_offsets(partitions)
+        cut = list_offsets(consumer, partitions, "end")
+        begins = list_offsets(consumer, partitions, "beginning")
         newest = _newest_ts(consumer, begins, cut, tail, idle_timeout_s)
         if newest is None:
             return ExampleWindow(topic, _plain(cut), _plain(cut), days, [], 0, 0)

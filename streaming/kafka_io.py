@@ -40,6 +40,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from recallstream.streaming.settings import Settings
 
+log = logging.getLogger(__name__)
+
 # Decoders reject records over 1 MiB; the topics accept up to 4 MiB so that such a
 # record (and its base64 copy in a dead letter) is delivered and dead-lettered, not lost.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -304,6 +306,36 @@ def partitions_of(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
     return [TopicPartition(topic, number) for number in sorted(numbers)]
 
 
+def list_offsets(consumer, partitions, which: str, timeout_s: float = 60.0) -> dict:
+    """``consumer.beginning_offsets`` or ``consumer.end_offsets`` (``which``: "beginning"
+    or "end") of ``partitions``, waiting for the consumer's metadata.
+
+    kafka-python 3.0 leaves out of its request the partitions whose leader the client's
+    metadata does not know yet (a fresh client, a broker restarting) and then fails with
+    a ``KeyError`` on the first one missing: this asks again until ``timeout_s``, then
+    raises ``KafkaTimeoutError`` (retriable, as a broker away is).
+
+    Examples
+    --------
+    With a broker: ``list_offsets(consumer, partitions, "end")`` is
+    ``{TopicPartition("clicks", 0): 0, ...}`` for a new topic.
+    """
+    from kafka.errors import KafkaTimeoutError
+
+    if which not in ("beginning", "end"):
+        raise ValueError(f"which must be 'beginning' or 'end', got {which!r}")
+    ask = getattr(consumer, f"{which}_offsets")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ask(list(partitions))
+        except KeyError as missing:
+            if time.monotonic() > deadline:
+                raise KafkaTimeoutError(f"no leader known for {missing} after {timeout_s} s") from None
+            log.info("%s offsets: no leader known yet for %s; asking again", which, missing)
+            time.sleep(0.2)
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """The offset after the last record of each partition of ``topic``.
 
@@ -314,7 +346,7 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """
     consumer = make_consumer(settings)
     try:
-        ends = consumer.end_offsets(partitions_of(consumer, topic))
+        ends = list_offsets(consumer, partitions_of(consumer, topic), "end")
     finally:
         consumer.close()
     return {tp.partition: offset for tp, offset in ends.items()}
@@ -364,8 +396,8 @@ def read_topic(settings: Settings, topic: str, *, from_offsets: Mapping[int, int
                              else "read_uncommitted")
     try:
         partitions = partitions_of(consumer, topic)
-        ends = consumer.end_offsets(partitions)
-        starts = consumer.beginning_offsets(partitions)
+        ends = list_offsets(consumer, partitions, "end")
+        starts = list_offsets(consumer, partitions, "beginning")
         for tp in partitions:
             if from_offsets and tp.partition in from_offsets:
                 starts[tp] = from_offsets[tp.partition]
