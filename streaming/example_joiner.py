@@ -208,7 +208,7 @@ class ExampleJoiner:
         """Join until :attr:`stop` is set (or idle for ``exit_when_idle_s``); the report."""
         self.producer.init_transactions()
         self.consumer.subscribe(list(self._topics.values()), listener=_Listener(self))
-        started = last_record = time.monotonic()
+        started = last_record = idle_since = time.monotonic()
         first_record: float | None = None
         cpu_at_first = cpu_at_last = 0.0  # the process's CPU (all its threads) while active
         lanes: list[int] = []
@@ -233,11 +233,12 @@ class ExampleJoiner:
                         first_record, cpu_at_first = time.monotonic(), time.process_time()
                     self._transaction(batches, membership)
                     last_record, cpu_at_last = time.monotonic(), time.process_time()
+                    idle_since = last_record
                 elif (self.options.exit_when_idle_s is not None
-                      and time.monotonic() - last_record > self.options.exit_when_idle_s):
+                      and time.monotonic() - idle_since > self.options.exit_when_idle_s):
                     if self._read_to_the_end():
                         break
-                    last_record = time.monotonic()  # not idle: still joining or restoring
+                    idle_since = time.monotonic()  # not idle: still joining or restoring
             lanes = sorted(self._lanes)
         finally:
             self.close()
